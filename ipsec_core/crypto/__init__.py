@@ -1,0 +1,4 @@
+"""Crypto interfaces, the backend registry and the self-tests.  No algorithm lives here."""
+from ipsec_core.crypto.base import Aead, Backend, Cipher, Feature, FeatureKind, Mac
+
+__all__ = ["Aead", "Backend", "Cipher", "Feature", "FeatureKind", "Mac"]

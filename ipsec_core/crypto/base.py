@@ -1,0 +1,134 @@
+"""The tiny interface every crypto backend implements.
+
+Owns: the shapes of `Backend`, `Aead`, `Cipher`, `Mac` and `Feature`.
+Must not: hold any protocol rule.  Nonce construction, IV policy, ICV truncation, constant-time
+compare, padding and sequence numbers all live in the core (`ipsec_core.esp`): a backend only
+computes a primitive on the bytes it is given.  (This is the lesson of pyca/cryptography's removed
+multi-backend layer: keep the surface small, enforce invariants in one place.)
+
+Primitive families and their contracts (what a backend promises for each):
+
+==================  ======  ==============================================================
+family              kind    contract
+==================  ======  ==============================================================
+aes-gcm             AEAD    nonce 12 bytes; tag_bytes 8, 12 or 16 (truncated GCM tag)
+aes-ccm             AEAD    nonce 7..13 bytes (ESP uses 11: 3-byte salt + 8-byte IV);
+                            tag_bytes 8, 12 or 16
+chacha20-poly1305   AEAD    nonce 12 bytes; tag_bytes 16; key 256 bits (RFC 8439)
+aes-cbc             CIPHER  iv 16 bytes; data a multiple of 16 bytes; no padding
+aes-ctr             CIPHER  iv is the whole 16-byte initial counter block, incremented as a
+                            128-bit big-endian integer per block; any data length
+hmac-sha1           MAC     HMAC (RFC 2104), full 20-byte output; any key length
+hmac-sha256/384/512 MAC     HMAC, full 32/48/64-byte output; any key length
+aes-xcbc            MAC     AES-XCBC-MAC (RFC 3566), 16-byte key, full 16-byte output
+aes-cmac            MAC     AES-CMAC (RFC 4493), 16/24/32-byte key, full 16-byte output
+==================  ======  ==============================================================
+
+`Aead.encrypt` returns ciphertext || tag.  `Aead.decrypt` takes ciphertext || tag and raises
+`ipsec_core.errors.AuthenticationError` when the tag does not verify (and returns nothing then).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Iterable, Protocol, runtime_checkable
+
+
+class FeatureKind(str, enum.Enum):
+    AEAD = "aead"
+    CIPHER = "cipher"
+    MAC = "mac"
+
+
+FAMILY_KIND: dict[str, FeatureKind] = {
+    "aes-gcm": FeatureKind.AEAD,
+    "aes-ccm": FeatureKind.AEAD,
+    "chacha20-poly1305": FeatureKind.AEAD,
+    "aes-cbc": FeatureKind.CIPHER,
+    "aes-ctr": FeatureKind.CIPHER,
+    "hmac-sha1": FeatureKind.MAC,
+    "hmac-sha256": FeatureKind.MAC,
+    "hmac-sha384": FeatureKind.MAC,
+    "hmac-sha512": FeatureKind.MAC,
+    "aes-xcbc": FeatureKind.MAC,
+    "aes-cmac": FeatureKind.MAC,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One primitive a backend offers: a family and the key sizes (bits) it takes.
+
+    For MACs with free key length (HMAC) `key_bits` is empty, meaning "any".
+    """
+
+    family: str
+    key_bits: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILY_KIND:
+            raise ValueError(f"unknown primitive family {self.family!r}; known: {sorted(FAMILY_KIND)}")
+
+    @property
+    def kind(self) -> FeatureKind:
+        return FAMILY_KIND[self.family]
+
+    def accepts(self, key_bits: int | None) -> bool:
+        return not self.key_bits or key_bits is None or key_bits in self.key_bits
+
+    def __str__(self) -> str:
+        sizes = "/".join(str(k) for k in self.key_bits)
+        return f"{self.family}({sizes})" if sizes else self.family
+
+
+@runtime_checkable
+class Aead(Protocol):
+    tag_bytes: int
+
+    def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def decrypt(self, nonce: bytes, ciphertext_and_tag: bytes, aad: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class Cipher(Protocol):
+    def encrypt(self, iv: bytes, data: bytes) -> bytes: ...
+
+    def decrypt(self, iv: bytes, data: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class Mac(Protocol):
+    digest_bytes: int
+
+    def mac(self, data: bytes) -> bytes: ...
+
+
+class Backend:
+    """Base class of a crypto backend.  Subclass it and register an instance through the
+    `ipsec_register_backends` hook.
+
+    name:      what users type (`backend = "aesni"`), unique.
+    priority:  higher wins when an SA names no backend (reference 10, cryptodome 200, aesni 300).
+    """
+
+    name: str = ""
+    priority: int = 0
+    description: str = ""
+
+    def probe(self) -> str | None:
+        """Return None when usable here, else a one-line reason (missing library, no device...)."""
+        return None
+
+    def features(self) -> Iterable[Feature]:
+        """The primitives this backend offers.  Each is self-tested when registered."""
+        return ()
+
+    def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int) -> Aead:
+        raise NotImplementedError(f"{self.name} has no AEAD {family}")
+
+    def cipher(self, family: str, key: bytes) -> Cipher:
+        raise NotImplementedError(f"{self.name} has no cipher {family}")
+
+    def mac(self, family: str, key: bytes) -> Mac:
+        raise NotImplementedError(f"{self.name} has no MAC {family}")

@@ -1,0 +1,88 @@
+"""The error tree of ipsec-suite.
+
+Owns: every exception the library raises on purpose, and the drop reasons of the data plane.
+Must not: import anything from the rest of the package (everything imports this).
+
+Errors split as in h11: a *local* error means the caller misused the API or wrote a bad config
+(fix your code or file); a *remote* error means the peer or the wire misbehaved.  Data-plane
+drops are remote errors that carry a `DropReason`, which is also the key of the SA's drop counter.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class IpsecError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class LocalError(IpsecError):
+    """The API was misused, or a configuration is wrong."""
+
+
+class ConfigError(LocalError):
+    """A configuration file or value is wrong.  The message names the file and the key."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None):
+        self.file = file
+        self.key = key
+        where = ""
+        if file and key:
+            where = f"{file}: {key}: "
+        elif file:
+            where = f"{file}: "
+        elif key:
+            where = f"{key}: "
+        super().__init__(where + message)
+        self.bare_message = message
+
+
+class ProposalError(LocalError):
+    """A proposal keyword string (for example "aes128gcm16-esn") cannot be parsed."""
+
+
+class BackendError(LocalError):
+    """A crypto backend is missing, unavailable, or lacks the requested transform.
+
+    Raised at SA install time, never silently replaced by another backend.
+    """
+
+
+class SequenceOverflow(LocalError):
+    """The outbound sequence number space of an SA is exhausted: rekey, never wrap (RFC 4303 3.3.3)."""
+
+
+class LifetimeExpired(LocalError):
+    """The SA reached a hard lifetime (bytes, packets or seconds) and must not be used any more."""
+
+
+class AuthenticationError(IpsecError):
+    """Raised by a backend's AEAD/MAC verification when the ICV does not match."""
+
+
+class DropReason(str, enum.Enum):
+    """Why an inbound (or outbound) packet was dropped.  The value is the counter key and JSON key."""
+
+    MALFORMED = "malformed"              # not parseable as IP / UDP / ESP
+    TRUNCATED = "truncated"              # shorter than header + IV + ICV, or not block aligned
+    UNKNOWN_SPI = "unknown_spi"          # no SA for this SPI / protocol / destination
+    NOT_ESP = "not_esp"                  # not an ESP packet (other protocol)
+    REPLAY = "replay"                    # seen before, or left of the replay window
+    AUTH_FAILED = "auth_failed"          # ICV / tag mismatch
+    BAD_PADDING = "bad_padding"          # padding bytes not 1, 2, 3, ... (RFC 4303 2.4)
+    BAD_NEXT_HEADER = "bad_next_header"  # next header does not fit the SA mode
+    SA_EXPIRED = "sa_expired"            # hard lifetime reached
+    NAT_KEEPALIVE = "nat_keepalive"      # one 0xFF byte on the ESP-in-UDP port (RFC 3948 2.3)
+    IKE_PACKET = "ike_packet"            # non-ESP marker: an IKE message for the IKE layer
+    DUMMY = "dummy"                      # next header 59: a dummy packet (RFC 4303 2.6)
+    ECN_DROP = "ecn_drop"                # outer CE on a Not-ECT inner packet (RFC 6040 4.2)
+    POLICY = "policy"                    # decrypted packet does not match the SA's policy
+
+
+class PacketDropped(IpsecError):
+    """A packet was dropped by the data plane.  `reason` is a `DropReason`; `detail` is free text."""
+
+    def __init__(self, reason: DropReason, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
