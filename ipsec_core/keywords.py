@@ -1,0 +1,185 @@
+"""strongSwan proposal keywords <-> IANA transforms, for ESP (and, later, IKE) proposals.
+
+Owns: parsing "aes128gcm16-esn", "aes256-sha256", "chacha20poly1305", "null-sha1" into an
+`EspProposal`, and writing one back.  Keywords follow strongSwan's (docs: "IKEv2 Cipher Suites"),
+because that is what users already type.
+Must not: know about backends.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ipsec_core.errors import ProposalError
+from ipsec_core.transforms import (ENCR_INFO, INTEG_INFO, CipherKind, EncrId, EncrInfo, IntegId,
+                                   IntegInfo, KeId)
+
+_ICV_BITS = {"8": 8, "64": 8, "12": 12, "96": 12, "16": 16, "128": 16, "": 16}
+_GCM = {8: EncrId.ENCR_AES_GCM_8, 12: EncrId.ENCR_AES_GCM_12, 16: EncrId.ENCR_AES_GCM_16}
+_CCM = {8: EncrId.ENCR_AES_CCM_8, 12: EncrId.ENCR_AES_CCM_12, 16: EncrId.ENCR_AES_CCM_16}
+
+INTEG_KEYWORDS: dict[str, IntegId] = {
+    "sha1": IntegId.AUTH_HMAC_SHA1_96,
+    "sha": IntegId.AUTH_HMAC_SHA1_96,
+    "sha256": IntegId.AUTH_HMAC_SHA2_256_128,
+    "sha2_256": IntegId.AUTH_HMAC_SHA2_256_128,
+    "sha384": IntegId.AUTH_HMAC_SHA2_384_192,
+    "sha2_384": IntegId.AUTH_HMAC_SHA2_384_192,
+    "sha512": IntegId.AUTH_HMAC_SHA2_512_256,
+    "sha2_512": IntegId.AUTH_HMAC_SHA2_512_256,
+    "aesxcbc": IntegId.AUTH_AES_XCBC_96,
+    "aescmac": IntegId.AUTH_AES_CMAC_96,
+}
+_INTEG_NAME = {IntegId.AUTH_HMAC_SHA1_96: "sha1", IntegId.AUTH_HMAC_SHA2_256_128: "sha256",
+               IntegId.AUTH_HMAC_SHA2_384_192: "sha384", IntegId.AUTH_HMAC_SHA2_512_256: "sha512",
+               IntegId.AUTH_AES_XCBC_96: "aesxcbc", IntegId.AUTH_AES_CMAC_96: "aescmac"}
+
+KE_KEYWORDS: dict[str, KeId] = {
+    "modp2048": KeId.MODP_2048, "modp3072": KeId.MODP_3072, "modp4096": KeId.MODP_4096,
+    "ecp256": KeId.ECP_256, "ecp384": KeId.ECP_384, "ecp521": KeId.ECP_521,
+    "x25519": KeId.CURVE25519, "curve25519": KeId.CURVE25519,
+    "x448": KeId.CURVE448, "curve448": KeId.CURVE448,
+}
+_KE_NAME = {KeId.MODP_2048: "modp2048", KeId.MODP_3072: "modp3072", KeId.MODP_4096: "modp4096",
+            KeId.ECP_256: "ecp256", KeId.ECP_384: "ecp384", KeId.ECP_521: "ecp521",
+            KeId.CURVE25519: "x25519", KeId.CURVE448: "x448"}
+
+_ENCR_RE = re.compile(r"^aes(128|192|256)?(gcm|ccm)?(8|12|16|64|96|128)?(ctr|gmac)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class EspProposal:
+    """One ESP proposal: a cipher (with key size), an integrity algorithm or none, ESN, KE groups."""
+
+    encr: EncrId
+    key_bits: int
+    integ: IntegId = IntegId.AUTH_NONE
+    esn: bool = False
+    ke: tuple[KeId, ...] = ()
+
+    def __post_init__(self) -> None:
+        info = ENCR_INFO[self.encr]
+        if self.key_bits not in info.key_bits:
+            raise ProposalError(f"{self.encr.name} takes {info.key_bits} bit keys, not {self.key_bits}")
+        combined = info.kind in (CipherKind.AEAD, CipherKind.GMAC)
+        if combined and self.integ != IntegId.AUTH_NONE:
+            raise ProposalError(f"{self.keyword}: a combined-mode cipher takes no integrity algorithm")
+        if not combined and self.integ == IntegId.AUTH_NONE:
+            raise ProposalError(f"{self.keyword}: {_encr_name(self.encr, self.key_bits)} needs an "
+                                "integrity algorithm (for example -sha256)")
+
+    @property
+    def encr_info(self) -> EncrInfo:
+        return ENCR_INFO[self.encr]
+
+    @property
+    def integ_info(self) -> IntegInfo | None:
+        return INTEG_INFO.get(self.integ)
+
+    @property
+    def keyword(self) -> str:
+        return format_esp(self)
+
+    @property
+    def enc_key_bytes(self) -> int:
+        """Bytes of keying material for the cipher: key plus salt/nonce, as in the SA file."""
+        return self.key_bits // 8 + self.encr_info.salt_bytes
+
+
+def _encr_name(encr: EncrId, key_bits: int) -> str:
+    info = ENCR_INFO[encr]
+    if encr == EncrId.ENCR_NULL:
+        return "null"
+    if encr == EncrId.ENCR_CHACHA20_POLY1305:
+        return "chacha20poly1305"
+    if encr == EncrId.ENCR_AES_CBC:
+        return f"aes{key_bits}"
+    if encr == EncrId.ENCR_AES_CTR:
+        return f"aes{key_bits}ctr"
+    if encr == EncrId.ENCR_NULL_AUTH_AES_GMAC:
+        return f"aes{key_bits}gmac"
+    mode = "gcm" if info.family == "aes-gcm" else "ccm"
+    return f"aes{key_bits}{mode}{info.icv_bytes}"
+
+
+def format_esp(p: EspProposal) -> str:
+    parts = [_encr_name(p.encr, p.key_bits)]
+    if p.integ != IntegId.AUTH_NONE:
+        parts.append(_INTEG_NAME[p.integ])
+    parts.extend(_KE_NAME[k] for k in p.ke)
+    if p.esn:
+        parts.append("esn")
+    return "-".join(parts)
+
+
+def _parse_encr(token: str) -> tuple[EncrId, int] | None:
+    if token == "null":
+        return EncrId.ENCR_NULL, 0
+    if token in ("chacha20poly1305", "chacha20poly1305compat"):
+        return EncrId.ENCR_CHACHA20_POLY1305, 256
+    m = _ENCR_RE.match(token)
+    if not m:
+        return None
+    bits = int(m.group(1) or 128)
+    mode, icv, suffix = m.group(2), m.group(3), m.group(4)
+    if mode and suffix:
+        return None
+    if mode == "gcm":
+        return _GCM[_ICV_BITS[icv or ""]], bits
+    if mode == "ccm":
+        return _CCM[_ICV_BITS[icv or ""]], bits
+    if icv:
+        return None
+    if suffix == "ctr":
+        return EncrId.ENCR_AES_CTR, bits
+    if suffix == "gmac":
+        return EncrId.ENCR_NULL_AUTH_AES_GMAC, bits
+    return EncrId.ENCR_AES_CBC, bits
+
+
+def parse_esp(text: str) -> EspProposal:
+    """Parse one ESP proposal such as "aes128gcm16-esn" or "aes256-sha256-ecp256".
+
+    Raises ProposalError naming the token that is not understood.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ProposalError("empty proposal; expected something like 'aes128gcm16' or 'aes256-sha256'")
+    encr: tuple[EncrId, int] | None = None
+    integ = IntegId.AUTH_NONE
+    esn: bool | None = None
+    ke: list[KeId] = []
+    for token in text.strip().lower().split("-"):
+        if token in ("esn", "noesn"):
+            if esn is not None:
+                raise ProposalError(f"{text!r}: ESN given twice (this project negotiates one value)")
+            esn = token == "esn"
+        elif token in INTEG_KEYWORDS:
+            if integ != IntegId.AUTH_NONE:
+                raise ProposalError(f"{text!r}: more than one integrity algorithm")
+            integ = INTEG_KEYWORDS[token]
+        elif token in KE_KEYWORDS:
+            ke.append(KE_KEYWORDS[token])
+        elif (parsed := _parse_encr(token)) is not None:
+            if encr is not None:
+                raise ProposalError(f"{text!r}: more than one encryption algorithm")
+            encr = parsed
+        else:
+            raise ProposalError(f"{text!r}: unknown keyword {token!r}; expected e.g. aes128gcm16, "
+                                "aes256, aes128ctr, chacha20poly1305, aes128gmac, null, sha256, "
+                                "aesxcbc, esn")
+    if encr is None:
+        raise ProposalError(f"{text!r}: no encryption algorithm (use 'null' for none)")
+    return EspProposal(encr[0], encr[1], integ, bool(esn), tuple(ke))
+
+
+def esp_keywords_for(family: str, key_bits: tuple[int, ...]) -> list[str]:
+    """ESP keywords a primitive family makes possible (for listings such as `ipsec backends`)."""
+    out: list[str] = []
+    for info in ENCR_INFO.values():
+        if info.family == family:
+            sizes = info.key_bits if not key_bits else [k for k in info.key_bits if k in key_bits]
+            out.extend(_encr_name(info.id, k) for k in sizes)
+    for integ in INTEG_INFO.values():
+        if integ.family == family:
+            out.append(_INTEG_NAME[integ.id])
+    return out

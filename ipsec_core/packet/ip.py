@@ -1,0 +1,108 @@
+"""IPv4 / IPv6 header codecs and checksums (RFC 791, RFC 8200, RFC 1071, RFC 1624).
+
+Owns: parsing and building the IP headers the ESP pipeline touches, plus the Internet checksum.
+Must not: do I/O or crypto.
+"""
+from __future__ import annotations
+
+import struct
+
+from ipsec_core.errors import DropReason, PacketDropped
+
+IPPROTO_HOPOPTS = 0
+IPPROTO_IPIP = 4
+IPPROTO_UDP = 17
+IPPROTO_IPV6 = 41
+IPPROTO_ROUTING = 43
+IPPROTO_FRAGMENT = 44
+IPPROTO_ESP = 50
+IPPROTO_AH = 51
+IPPROTO_NONE = 59
+IPPROTO_DSTOPTS = 60
+
+_V4 = struct.Struct("!BBHHHBBH4s4s")
+_V6 = struct.Struct("!IHBB16s16s")
+IPV4_HEADER_BYTES = 20
+IPV6_HEADER_BYTES = 40
+
+
+def checksum(data: bytes | bytearray | memoryview) -> int:
+    """The Internet checksum (RFC 1071) of `data`."""
+    if len(data) % 2:
+        data = bytes(data) + b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def checksum_update(old_sum: int, old_word: int, new_word: int) -> int:
+    """Incremental checksum update HC' = ~(~HC + ~m + m') (RFC 1624 eqn. 3)."""
+    total = (~old_sum & 0xFFFF) + (~old_word & 0xFFFF) + new_word
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ip_version(packet: bytes) -> int:
+    if not packet:
+        raise PacketDropped(DropReason.MALFORMED, "empty packet")
+    return packet[0] >> 4
+
+
+def ipv4_header_len(packet: bytes) -> int:
+    """Validate an IPv4 header and return its length in bytes."""
+    if len(packet) < IPV4_HEADER_BYTES:
+        raise PacketDropped(DropReason.MALFORMED, f"IPv4 packet of {len(packet)} bytes")
+    ihl = (packet[0] & 0x0F) * 4
+    total = (packet[2] << 8) | packet[3]
+    if ihl < IPV4_HEADER_BYTES or total < ihl or total > len(packet):
+        raise PacketDropped(DropReason.MALFORMED,
+                            f"IPv4 header length {ihl} / total length {total} vs {len(packet)} bytes")
+    return ihl
+
+
+def build_ipv4(*, src: bytes, dst: bytes, proto: int, payload_len: int, tos: int = 0,
+               ident: int = 0, flags_frag: int = 0, ttl: int = 64) -> bytes:
+    """A 20-byte IPv4 header with a correct checksum."""
+    hdr = _V4.pack(0x45, tos, IPV4_HEADER_BYTES + payload_len, ident, flags_frag, ttl, proto, 0, src, dst)
+    return hdr[:10] + checksum(hdr).to_bytes(2, "big") + hdr[12:]
+
+
+def build_ipv6(*, src: bytes, dst: bytes, next_header: int, payload_len: int,
+               traffic_class: int = 0, flow_label: int = 0, hop_limit: int = 64) -> bytes:
+    return _V6.pack((6 << 28) | (traffic_class << 20) | flow_label, payload_len, next_header,
+                    hop_limit, src, dst)
+
+
+def fix_ipv4_header(header: bytearray) -> None:
+    """Recompute the checksum of an IPv4 header in place."""
+    header[10:12] = b"\0\0"
+    header[10:12] = checksum(header).to_bytes(2, "big")
+
+
+def ipv6_split(packet: bytes) -> tuple[int, int, int]:
+    """Where ESP/AH goes in an IPv6 packet (RFC 4303 3.1.1): after hop-by-hop, routing and
+    fragment headers (and destination options that precede a routing header).
+
+    Returns (offset of the first byte that is protected, offset of the next-header byte that
+    must be changed to ESP/AH, the protocol number found at that point).
+    """
+    if len(packet) < IPV6_HEADER_BYTES:
+        raise PacketDropped(DropReason.MALFORMED, f"IPv6 packet of {len(packet)} bytes")
+    nh_at = 6
+    nh = packet[6]
+    off = IPV6_HEADER_BYTES
+    while True:
+        if nh in (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT) or (
+                nh == IPPROTO_DSTOPTS and off + 1 <= len(packet) and packet[off] == IPPROTO_ROUTING):
+            if off + 8 > len(packet):
+                raise PacketDropped(DropReason.MALFORMED, "truncated IPv6 extension header")
+            ext_len = 8 if nh == IPPROTO_FRAGMENT else (packet[off + 1] + 1) * 8
+            nh_at = off
+            nh = packet[off]
+            off += ext_len
+            if off > len(packet):
+                raise PacketDropped(DropReason.MALFORMED, "truncated IPv6 extension header")
+            continue
+        return off, nh_at, nh

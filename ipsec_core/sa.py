@@ -1,0 +1,201 @@
+"""Security Associations: the configuration of one SA and its live state.
+
+Owns: `SaConfig` (what a file or IKE hands over, validated), `SecurityAssociation` (sequence
+numbers, replay window, lifetimes, counters, and the bound ESP engine), and the rules that make a
+config usable (key lengths, addresses, ports).
+Must not: do I/O.  Time only arrives as `now` (seconds on any monotonic clock); when a caller
+passes none, `time.monotonic()` is read, which is not I/O.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ipsec_core.errors import ConfigError, DropReason, LifetimeExpired, PacketDropped
+from ipsec_core.keywords import EspProposal
+from ipsec_core.replay import DEFAULT_REPLAY_WINDOW_BITS, MAX_REPLAY_WINDOW_BITS, ReplayWindow
+from ipsec_core.transforms import CipherKind, IntegId
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Default outer TTL / hop limit of tunnel mode ("constructed", RFC 4301 5.1.2.1).
+DEFAULT_OUTER_TTL = 64
+NAT_T_PORT = 4500
+
+
+class Direction(str, enum.Enum):
+    OUT = "out"
+    IN = "in"
+
+
+class Mode(str, enum.Enum):
+    TUNNEL = "tunnel"
+    TRANSPORT = "transport"
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """Limits of an SA; None means unlimited.  Soft limits warn (rekey), hard limits stop the SA."""
+
+    bytes: int | None = None
+    packets: int | None = None
+    seconds: float | None = None
+
+    def reached(self, *, octets: int, packets: int, age: float) -> str | None:
+        if self.bytes is not None and octets >= self.bytes:
+            return f"{octets} bytes >= {self.bytes}"
+        if self.packets is not None and packets >= self.packets:
+            return f"{packets} packets >= {self.packets}"
+        if self.seconds is not None and age >= self.seconds:
+            return f"{age:.0f} s >= {self.seconds:g} s"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SaConfig:
+    """Everything needed to install one SA.  `enc_key` is the key followed by the salt/nonce
+    (4 bytes for GCM, GMAC, ChaCha20-Poly1305 and CTR, 3 for CCM), as strongSwan, Wireshark and
+    scapy write it.  For `out`, `local` is the outer source; for `in`, the outer destination."""
+
+    name: str
+    spi: int
+    direction: Direction
+    mode: Mode
+    proposal: EspProposal
+    enc_key: bytes = b""
+    integ_key: bytes = b""
+    local: IpAddress | None = None
+    remote: IpAddress | None = None
+    protocol: str = "esp"
+    encap_ports: tuple[int, int] | None = None
+    replay_window: int = DEFAULT_REPLAY_WINDOW_BITS
+    backend: str | None = None
+    soft: Lifetime = Lifetime()
+    hard: Lifetime = Lifetime()
+    outer_ttl: int = DEFAULT_OUTER_TTL
+
+    @property
+    def esn(self) -> bool:
+        return self.proposal.esn
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, what is wrong) for every problem; empty when the config is usable."""
+        out: list[tuple[str, str]] = []
+        if self.protocol != "esp":
+            out.append(("protocol", f"{self.protocol!r} is not supported yet; use 'esp'"))
+        if not 0x100 <= self.spi <= 0xFFFFFFFF:
+            out.append(("spi", f"{self.spi:#x} is outside 0x100..0xffffffff (0-255 are reserved, RFC 4303 2.1)"))
+        need = self.proposal.enc_key_bytes
+        info = self.proposal.encr_info
+        if info.kind != CipherKind.NULL and len(self.enc_key) != need:
+            salt = f" ({self.proposal.key_bits // 8} key + {info.salt_bytes} salt)" if info.salt_bytes else ""
+            out.append(("key", f"{self.proposal.keyword} needs {need} bytes{salt}, got {len(self.enc_key)}"))
+        if info.kind == CipherKind.NULL and self.enc_key:
+            out.append(("key", "encryption 'null' takes no key"))
+        integ = self.proposal.integ_info
+        if integ is None and self.integ_key:
+            out.append(("integrity_key", f"{self.proposal.keyword} has no integrity algorithm"))
+        elif integ is not None:
+            if not self.integ_key:
+                out.append(("integrity_key", f"{self.proposal.keyword} needs an integrity key"))
+            elif len(self.integ_key) != integ.key_bytes:
+                out.append(("integrity_key", f"{integ.id.name} needs {integ.key_bytes} bytes, "
+                                             f"got {len(self.integ_key)}"))
+        if self.mode == Mode.TUNNEL and (self.local is None or self.remote is None):
+            out.append(("tunnel", "tunnel mode needs tunnel = { local = ..., remote = ... }"))
+        if self.local is not None and self.remote is not None and self.local.version != self.remote.version:
+            out.append(("tunnel", "local and remote must be of one address family"))
+        if not 0 <= self.replay_window <= MAX_REPLAY_WINDOW_BITS:
+            out.append(("replay_window", f"must be 0..{MAX_REPLAY_WINDOW_BITS}, not {self.replay_window}"))
+        if self.encap_ports is not None and not all(0 < p < 65536 for p in self.encap_ports):
+            out.append(("encap_ports", f"ports must be 1..65535, not {self.encap_ports}"))
+        if not 1 <= self.outer_ttl <= 255:
+            out.append(("outer_ttl", f"must be 1..255, not {self.outer_ttl}"))
+        return out
+
+
+@dataclass
+class SaStats:
+    packets: int = 0
+    bytes: int = 0
+    drops: Counter = field(default_factory=Counter)
+
+
+class SecurityAssociation:
+    """One installed SA.  `protect` (direction out) and `unprotect` (direction in) are the data
+    plane; both are plain method calls on objects bound here, at install time."""
+
+    def __init__(self, config: SaConfig, *, registry=None, now: float | None = None):
+        problems = config.problems()
+        if problems:
+            raise ConfigError("; ".join(f"{k}: {v}" for k, v in problems), key=f"sa {config.name!r}")
+        from ipsec_core.crypto.registry import get_registry
+        from ipsec_core.esp import EspEngine
+
+        self.config = config
+        self.name = config.name
+        self.spi = config.spi
+        self.direction = config.direction
+        self.mode = config.mode
+        self.esn = config.esn
+        self.installed_at = time.monotonic() if now is None else now
+        self.seq = 0                       # last sequence number sent (outbound)
+        self.replay = ReplayWindow(config.replay_window, esn=config.esn)
+        self.stats = SaStats()
+        self.soft_expired: str | None = None
+        self.hard_expired: str | None = None
+        self.engine = EspEngine(self, registry or get_registry())
+        self._has_lifetime = any(v is not None for lt in (config.soft, config.hard)
+                                 for v in (lt.bytes, lt.packets, lt.seconds))
+
+    # -- lifetimes --------------------------------------------------------------------------
+    def check_lifetime(self, now: float | None) -> None:
+        """Raise LifetimeExpired once a hard limit is reached; note the first soft limit reached."""
+        if self.hard_expired:
+            raise LifetimeExpired(f"SA {self.name}: hard lifetime reached ({self.hard_expired})")
+        if not self._has_lifetime:
+            return
+        age = (time.monotonic() if now is None else now) - self.installed_at
+        usage = dict(octets=self.stats.bytes, packets=self.stats.packets, age=age)
+        hard = self.config.hard.reached(**usage)
+        if hard:
+            self.hard_expired = hard
+            raise LifetimeExpired(f"SA {self.name}: hard lifetime reached ({hard})")
+        if self.soft_expired is None:
+            self.soft_expired = self.config.soft.reached(**usage)
+
+    # -- data plane -------------------------------------------------------------------------
+    def protect(self, packet: bytes, *, now: float | None = None) -> bytes:
+        """Encapsulate one IP packet; returns the outer IP packet (IP [UDP] ESP)."""
+        return self.engine.protect(packet, now)
+
+    def unprotect(self, packet: bytes, *, now: float | None = None) -> bytes:
+        """Decapsulate one IP packet (IP [UDP] ESP); returns the inner IP packet.
+
+        Raises PacketDropped(reason); the reason is also counted in `stats.drops`.  A dropped
+        packet changes nothing else in the SA.
+        """
+        try:
+            return self.engine.unprotect(packet, now)
+        except PacketDropped as drop:
+            self.stats.drops[drop.reason.value] += 1
+            raise
+        except LifetimeExpired as exc:
+            self.stats.drops[DropReason.SA_EXPIRED.value] += 1
+            raise PacketDropped(DropReason.SA_EXPIRED, str(exc)) from None
+
+    def state(self) -> tuple:
+        """A comparable snapshot of everything the data plane changes (for tests and batch checks)."""
+        return (self.seq, self.replay.snapshot(), self.stats.packets, self.stats.bytes,
+                dict(self.stats.drops), self.soft_expired, self.hard_expired)
+
+    def __repr__(self) -> str:
+        return (f"<SA {self.name} spi={self.spi:#010x} {self.direction.value} {self.mode.value} "
+                f"{self.config.proposal.keyword}[{self.engine.backend_names}]>")
+
+
+def uses_integrity(config: SaConfig) -> bool:
+    return config.proposal.integ != IntegId.AUTH_NONE
