@@ -61,9 +61,6 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, file=file, key=f"{where}.{key}")
 
-    unknown = set(raw) - SA_KEYS
-    if unknown:
-        raise fail(sorted(unknown)[0], f"unknown key; known keys: {', '.join(sorted(SA_KEYS))}")
     for required in ("name", "spi", "direction", "proposal"):
         if required not in raw:
             raise fail(required, "missing")
@@ -71,6 +68,9 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
     if not isinstance(name, str) or not name:
         raise fail("name", "must be a non-empty string")
     where = f"{where}[{name}]" if where == "sa" else where
+    unknown = set(raw) - SA_KEYS
+    if unknown:
+        raise fail(sorted(unknown)[0], f"unknown key; known keys: {', '.join(sorted(SA_KEYS))}")
     try:
         proposal = parse_esp(raw["proposal"])
     except ProposalError as exc:

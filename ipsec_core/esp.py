@@ -268,13 +268,13 @@ class EspEngine:
     def _strip_udp(self, packet: bytes, start: int, end: int) -> int:
         if end - start < UDP_HEADER_BYTES:
             raise PacketDropped(DropReason.MALFORMED, "truncated UDP header")
+        if self.encap is None or ((packet[start + 2] << 8) | packet[start + 3]) != self.encap[1]:
+            raise PacketDropped(DropReason.NOT_ESP, "UDP, but not to this SA's ESP-in-UDP port")
         body = packet[start + UDP_HEADER_BYTES:end]
         if body == NAT_KEEPALIVE:
             raise PacketDropped(DropReason.NAT_KEEPALIVE, "NAT-keepalive (RFC 3948 2.3)")
         if body[:4] == NON_ESP_MARKER:
             raise PacketDropped(DropReason.IKE_PACKET, "non-ESP marker: an IKE message")
-        if self.encap is None:
-            raise PacketDropped(DropReason.NOT_ESP, "UDP-encapsulated ESP on an SA without encap")
         return start + UDP_HEADER_BYTES
 
     def _open(self, esp: memoryview, seq: int) -> bytes:
