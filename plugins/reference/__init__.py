@@ -1,0 +1,85 @@
+"""The `reference` backend: every primitive of `ipsec_core.crypto.base` in pure Python.
+
+It is the project's test oracle and the backend of last resort (priority 10): written to be read
+against the specifications (FIPS 197, NIST SP 800-38A/B/C/D, RFC 2104, RFC 3566, RFC 3610,
+RFC 4493, RFC 8439), not to be fast.  It uses no C crypto library; hashlib supplies only the hash
+functions under HMAC.  Table-driven AES and GHASH are not constant-time: do not use this backend
+where an attacker can time the host.
+
+Modules: `aes` (AES block cipher, aes-cbc, aes-ctr), `gcm` (aes-gcm), `ccm` (aes-ccm),
+`chacha` (chacha20-poly1305), `macs` (hmac-*, aes-xcbc, aes-cmac).  Every object returned by
+`aead`, `cipher` or `mac` is bound to its key (key schedule and tables computed once) and is
+reused for any number of packets.
+"""
+from __future__ import annotations
+
+from ipsec_core import hookimpl
+from ipsec_core.crypto.base import Aead, Backend, Cipher, Feature, Mac
+
+from .aes import AES, AesCbc, AesCtr
+from .ccm import AesCcm
+from .chacha import ChaCha20Poly1305
+from .gcm import AesGcm
+from .macs import AesCmac, AesXcbc, Hmac
+
+__all__ = [
+    "AES", "AesCbc", "AesCcm", "AesCmac", "AesCtr", "AesGcm", "AesXcbc", "ChaCha20Poly1305",
+    "Hmac", "ReferenceBackend", "ipsec_register_backends",
+]
+
+_AES_SIZES = (128, 192, 256)
+
+_AEADS = {"aes-gcm": AesGcm, "aes-ccm": AesCcm, "chacha20-poly1305": ChaCha20Poly1305}
+_CIPHERS = {"aes-cbc": AesCbc, "aes-ctr": AesCtr}
+_MACS = {
+    "hmac-sha1": lambda key: Hmac("hmac-sha1", key),
+    "hmac-sha256": lambda key: Hmac("hmac-sha256", key),
+    "hmac-sha384": lambda key: Hmac("hmac-sha384", key),
+    "hmac-sha512": lambda key: Hmac("hmac-sha512", key),
+    "aes-xcbc": AesXcbc,
+    "aes-cmac": AesCmac,
+}
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    priority = 10
+    description = "pure-Python reference implementation (test oracle; slow, not constant-time)"
+
+    def features(self):
+        return (
+            Feature("aes-gcm", _AES_SIZES),
+            Feature("aes-ccm", _AES_SIZES),
+            Feature("chacha20-poly1305", (256,)),
+            Feature("aes-cbc", _AES_SIZES),
+            Feature("aes-ctr", _AES_SIZES),
+            Feature("hmac-sha1"),
+            Feature("hmac-sha256"),
+            Feature("hmac-sha384"),
+            Feature("hmac-sha512"),
+            Feature("aes-xcbc", (128,)),
+            Feature("aes-cmac", _AES_SIZES),
+        )
+
+    def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int) -> Aead:
+        cls = _AEADS.get(family)
+        if cls is None:
+            return super().aead(family, key, tag_bytes=tag_bytes, nonce_bytes=nonce_bytes)
+        return cls(key, tag_bytes=tag_bytes, nonce_bytes=nonce_bytes)
+
+    def cipher(self, family: str, key: bytes) -> Cipher:
+        cls = _CIPHERS.get(family)
+        if cls is None:
+            return super().cipher(family, key)
+        return cls(key)
+
+    def mac(self, family: str, key: bytes) -> Mac:
+        make = _MACS.get(family)
+        if make is None:
+            return super().mac(family, key)
+        return make(key)
+
+
+@hookimpl
+def ipsec_register_backends(register):
+    register(ReferenceBackend())
