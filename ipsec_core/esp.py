@@ -347,6 +347,33 @@ class EspEngine:
         return bytes(head) + payload
 
 
+    # ------------------------------------------------------------------------------------
+    # batches
+    # ------------------------------------------------------------------------------------
+    def protect_batch(self, packets: list[bytes], now: float | None) -> list[bytes]:
+        """Default batch: the single-packet path in order.  An error at packet k leaves the SA
+        as one-by-one processing would, and carries the k packets already done in `.partial`."""
+        protect = self.protect
+        out: list[bytes] = []
+        try:
+            for packet in packets:
+                out.append(protect(packet, now))
+        except Exception as exc:
+            exc.partial = out
+            raise
+        return out
+
+    def unprotect_batch(self, packets: list[bytes], now: float | None) -> list:
+        unprotect = self.unprotect
+        out: list = []
+        for packet in packets:
+            try:
+                out.append(unprotect(packet, now))
+            except PacketDropped as drop:
+                out.append(drop)
+        return out
+
+
 def _fill_udp6_checksum(packet: bytes, udp_at: int) -> bytes:
     """IPv6 UDP needs a checksum (RFC 8200 8.1): compute it over the pseudo-header."""
     udp = packet[udp_at:]

@@ -1,0 +1,157 @@
+"""Throughput measurement of the ESP data plane, as `ipsec perf` and `perf/` run it.
+
+Owns: building test traffic, SA pairs for a backend and proposal, timing protect/unprotect
+through the same batch path the drivers use, and timing the backend's bare primitive call on the
+same payload in the same run, so the two compare as a ratio on a noisy shared machine.
+Must not: be imported by the data plane.  Timing lives here, never in tests.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from ipsec_core.keywords import parse_esp
+from ipsec_core.packet.ip import IPPROTO_UDP, build_ipv4
+from ipsec_core.sa import Direction, Mode, SaConfig, SecurityAssociation
+from ipsec_core.transforms import CipherKind
+
+LOCAL = ipaddress.ip_address("192.0.2.1")
+REMOTE = ipaddress.ip_address("192.0.2.2")
+INNER_SRC = bytes((198, 51, 100, 1))
+INNER_DST = bytes((203, 0, 113, 1))
+MIN_PACKET_BYTES = 28   # IPv4 + UDP headers
+
+
+@dataclass
+class PerfRecord:
+    backend: str
+    proposal: str
+    size: int            # inner packet bytes
+    direction: str       # "protect" or "unprotect"
+    mode: str
+    batch: int
+    count: int
+    pps: float
+    gbps: float          # pps x size x 8 / 1e9 (inner bytes)
+    bare_pps: float      # the backend's bare primitive call on the same payload, same run
+    ratio: float         # pps / bare_pps
+    overhead_bytes: int  # bytes on the wire added per packet by ESP in this mode
+    repeats: int
+    backend_names: str   # what the SA really bound, e.g. "aesni" or "aesni,cryptodome"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_packets(size: int, count: int) -> list[bytes]:
+    """`count` distinct IPv4/UDP packets of exactly `size` bytes."""
+    if size < MIN_PACKET_BYTES:
+        raise ValueError(f"packet size must be at least {MIN_PACKET_BYTES} bytes (IPv4 + UDP), not {size}")
+    out = []
+    body = os.urandom(size - 28)
+    for i in range(count):
+        udp = (40000 + i % 20000).to_bytes(2, "big") + b"\x00\x35" + (size - 20).to_bytes(2, "big") + b"\0\0"
+        out.append(build_ipv4(src=INNER_SRC, dst=INNER_DST, proto=IPPROTO_UDP, payload_len=size - 20,
+                              ident=i & 0xFFFF) + udp + body)
+    return out
+
+
+def sa_pair(proposal: str, *, backend: str | None, mode: str = "tunnel", esn: bool = False,
+            registry=None) -> tuple[SecurityAssociation, Callable[[], SecurityAssociation]]:
+    """An outbound SA and a factory of fresh matching inbound SAs (empty replay window)."""
+    prop = parse_esp(proposal + ("-esn" if esn and "esn" not in proposal else ""))
+    key = os.urandom(prop.enc_key_bytes) if prop.key_bits else b""
+    integ = os.urandom(prop.integ_info.key_bytes) if prop.integ_info else b""
+    common = dict(spi=0xC0FFEE01, mode=Mode(mode), proposal=prop, enc_key=key, integ_key=integ,
+                  backend=backend, replay_window=1024)
+    out = SecurityAssociation(SaConfig(name="perf-out", direction=Direction.OUT, local=LOCAL,
+                                       remote=REMOTE, **common), registry=registry)
+
+    def inbound() -> SecurityAssociation:
+        return SecurityAssociation(SaConfig(name="perf-in", direction=Direction.IN, local=REMOTE,
+                                            remote=LOCAL, **common), registry=registry)
+    return out, inbound
+
+
+def bare_call(sa: SecurityAssociation, size: int, direction: str) -> Callable[[], None]:
+    """A zero-argument call doing the SA's bare primitive work for one packet of `size` inner
+    bytes: the AEAD (or cipher + MAC) on the same plaintext length, nothing else."""
+    eng = sa.engine
+    pt_len = size + 2 + (-(size + 2) % eng.block)
+    pt = os.urandom(pt_len)
+    nonce = os.urandom(len(eng.salt) + eng.iv_bytes)
+    aad = os.urandom(8)
+    iv = os.urandom(eng.iv_bytes)
+    if eng.kind is CipherKind.AEAD:
+        if direction == "protect":
+            return lambda: eng.aead.encrypt(nonce, pt, aad)
+        sealed = eng.aead.encrypt(nonce, pt, aad)
+        return lambda: eng.aead.decrypt(nonce, sealed, aad)
+    if eng.kind is CipherKind.GMAC:
+        tag = eng.aead.encrypt(nonce, b"", aad + iv + pt)
+        if direction == "protect":
+            return lambda: eng.aead.encrypt(nonce, b"", aad + iv + pt)
+        return lambda: eng.aead.decrypt(nonce, tag, aad + iv + pt)
+    mac = eng.mac.mac
+    if eng.kind is CipherKind.NULL:
+        return lambda: mac(aad + pt)
+    cipher = eng.cipher
+    if direction == "protect":
+        return lambda: mac(aad + iv + cipher.encrypt(iv, pt))
+    ct = cipher.encrypt(iv, pt)
+    return lambda: (mac(aad + iv + ct), cipher.decrypt(iv, ct))
+
+
+def _time_bare(call: Callable[[], None], count: int) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        call()
+    return count / (time.perf_counter() - start)
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+def measure(*, backend: str | None, proposal: str, size: int, count: int, batch: int,
+            directions: tuple[str, ...] = ("protect", "unprotect"), mode: str = "tunnel",
+            repeats: int = 5, registry=None, tick: Callable[[], None] | None = None) -> list[PerfRecord]:
+    """Time protect and/or unprotect of `count` packets of `size` bytes, `batch` at a time, and
+    the bare primitive on the same payload; `repeats` interleaved runs, medians reported."""
+    out_sa, new_inbound = sa_pair(proposal, backend=backend, mode=mode, registry=registry)
+    packets = make_packets(size, count)
+    chunks = _chunks(packets, max(1, batch))
+    protected = [p for c in chunks for p in out_sa.protect_batch(c)]
+    overhead = len(protected[0]) - size
+    if mode == "transport":
+        overhead = len(protected[0]) - size
+    records = []
+    for direction in directions:
+        bare = bare_call(out_sa, size, direction)
+        rates, bare_rates = [], []
+        for _ in range(repeats):
+            bare_rates.append(_time_bare(bare, count))
+            if direction == "protect":
+                work, fn = chunks, out_sa.protect_batch
+            else:
+                work, fn = _chunks(protected, max(1, batch)), new_inbound().unprotect_batch
+            start = time.perf_counter()
+            for chunk in work:
+                fn(chunk)
+            rates.append(count / (time.perf_counter() - start))
+            if direction == "unprotect":
+                pass
+            if tick:
+                tick()
+        pps, bare_pps = statistics.median(rates), statistics.median(bare_rates)
+        records.append(PerfRecord(
+            backend=backend or out_sa.engine.backend_names, proposal=out_sa.config.proposal.keyword,
+            size=size, direction=direction, mode=mode, batch=batch, count=count, pps=round(pps, 1),
+            gbps=round(pps * size * 8 / 1e9, 4), bare_pps=round(bare_pps, 1),
+            ratio=round(pps / bare_pps, 4), overhead_bytes=overhead, repeats=repeats,
+            backend_names=out_sa.engine.backend_names))
+    return records
