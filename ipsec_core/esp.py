@@ -97,6 +97,8 @@ class EspEngine:
         else:
             self.outer_v6, self.src, self.dst = False, b"", b""
         self.ident = secrets.randbelow(0x10000)
+        from ipsec_core.esp_fast import fast_paths
+        self._fast_protect, self._fast_unprotect = fast_paths(self)
 
     # ------------------------------------------------------------------------------------
     # outbound
@@ -351,6 +353,16 @@ class EspEngine:
     # batches
     # ------------------------------------------------------------------------------------
     def protect_batch(self, packets: list[bytes], now: float | None) -> list[bytes]:
+        if self._fast_protect is not None:
+            return self._fast_protect(packets, now)
+        return self.protect_batch_generic(packets, now)
+
+    def unprotect_batch(self, packets: list[bytes], now: float | None) -> list:
+        if self._fast_unprotect is not None:
+            return self._fast_unprotect(packets, now)
+        return self.unprotect_batch_generic(packets, now)
+
+    def protect_batch_generic(self, packets: list[bytes], now: float | None) -> list[bytes]:
         """Default batch: the single-packet path in order.  An error at packet k leaves the SA
         as one-by-one processing would, and carries the k packets already done in `.partial`."""
         protect = self.protect
@@ -363,7 +375,7 @@ class EspEngine:
             raise
         return out
 
-    def unprotect_batch(self, packets: list[bytes], now: float | None) -> list:
+    def unprotect_batch_generic(self, packets: list[bytes], now: float | None) -> list:
         unprotect = self.unprotect
         out: list = []
         for packet in packets:

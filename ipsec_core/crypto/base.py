@@ -26,6 +26,11 @@ aes-cmac            MAC     AES-CMAC (RFC 4493), 16/24/32-byte key, full 16-byte
 
 `Aead.encrypt` returns ciphertext || tag.  `Aead.decrypt` takes ciphertext || tag and raises
 `ipsec_core.errors.AuthenticationError` when the tag does not verify (and returns nothing then).
+
+Optional, for the batch fast path: an Aead may also have `fast_decrypt` (same call and result as
+`decrypt`) together with `fast_decrypt_errors`, the tuple of exceptions it raises on a bad tag,
+so the hot loop can call a library's bound method directly instead of a translating wrapper.
+Likewise `encrypt` may simply be the library's bound method, stored as an instance attribute.
 """
 from __future__ import annotations
 

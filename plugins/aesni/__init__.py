@@ -56,16 +56,20 @@ def _aes_key(key: bytes) -> None:
 class _BoundAead:
     """ciphertext || tag in, out; one OpenSSL object per SA.  Used for full-length tags."""
 
-    __slots__ = ("tag_bytes", "_encrypt", "_decrypt", "_invalid_tag")
+    __slots__ = ("tag_bytes", "encrypt", "_decrypt", "_invalid_tag", "fast_decrypt",
+                 "fast_decrypt_errors")
 
     def __init__(self, primitive, tag_bytes: int, invalid_tag: type[Exception]):
         self.tag_bytes = tag_bytes
-        self._encrypt = primitive.encrypt
+        # encrypt(nonce, plaintext, aad) -> ciphertext || tag is exactly the library's bound
+        # method: no Python frame in between on the hot path.
+        self.encrypt = primitive.encrypt
         self._decrypt = primitive.decrypt
         self._invalid_tag = invalid_tag
-
-    def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return self._encrypt(nonce, plaintext, aad)
+        # The optional fast-path pair (see ipsec_core.crypto.base.Aead): the library's own
+        # decrypt, and the exception it raises on a bad tag.
+        self.fast_decrypt = primitive.decrypt
+        self.fast_decrypt_errors = (invalid_tag,)
 
     def decrypt(self, nonce: bytes, ciphertext_and_tag: bytes, aad: bytes) -> bytes:
         try:
