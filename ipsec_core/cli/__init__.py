@@ -1,0 +1,37 @@
+"""The `ipsec` command line (typer).
+
+Owns: the command names and options users type (`backends`, `selftest`, `pcap protect`,
+`pcap unprotect`, `wireshark-keys`) and the rule that errors are one line on stderr with a
+non-zero exit (see `_common.handle_errors`).  `--json` output goes to stdout, for scripts.
+Must not: hold data-plane logic; commands call the library and report.
+"""
+from __future__ import annotations
+
+import typer
+
+from ipsec_core.cli import backends as _backends
+from ipsec_core.cli import pcap as _pcap
+from ipsec_core.cli import wireshark as _wireshark
+
+app = typer.Typer(
+    name="ipsec",
+    help="A userspace IPsec stack: crypto backends, self-tests, pcap protect/unprotect, "
+         "Wireshark keys.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("backends")(_backends.backends)
+app.command("selftest")(_backends.selftest)
+app.add_typer(_pcap.app, name="pcap")
+app.command("wireshark-keys")(_wireshark.wireshark_keys)
+
+
+def main() -> None:
+    """Console-script entry point (`ipsec`)."""
+    app()
+
+
+__all__ = ["app", "main"]

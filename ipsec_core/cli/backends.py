@@ -1,0 +1,193 @@
+"""`ipsec backends` and `ipsec selftest`: what the crypto registry holds, and the vector run.
+
+Owns: the JSON shapes of both commands (`backends`: a list of objects with name, available,
+reason, algorithms; `selftest`: an object with passed, failed, results).
+Must not: test or select anything itself: the registry and `ipsec_core.crypto.selftest` do.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Annotated, Optional
+
+import typer
+
+from ipsec_core.cli._common import EXIT_ERROR, console, fail, handle_errors, print_json, warn
+from ipsec_core.keywords import esp_keywords_for
+
+
+def _registry():
+    from ipsec_core.crypto.registry import get_registry
+
+    return get_registry()
+
+
+def _records(registry):
+    return sorted(registry.records.values(), key=lambda r: (-r.backend.priority, r.name))
+
+
+def algorithms_of(record) -> list[str]:
+    """The ESP keywords a backend's offered features make possible, in a stable order."""
+    out: list[str] = []
+    for feature in record.features:
+        for keyword in esp_keywords_for(feature.family, feature.key_bits):
+            if keyword not in out:
+                out.append(keyword)
+    return out
+
+
+def compact_keywords(keywords: list[str]) -> str:
+    """"aes128gcm8 aes192gcm8 ... aes256gcm16" -> "aes{128,192,256}gcm{8,12,16}" (for tables)."""
+    groups: dict[str, list[tuple[int, ...]]] = {}
+    for kw in keywords:
+        numbers = tuple(int(n) for n in re.findall(r"\d+", kw))
+        groups.setdefault(re.sub(r"\d+", "{}", kw), []).append(numbers)
+    parts = []
+    for template, rows in groups.items():
+        columns = [sorted(set(col)) for col in zip(*rows)] if rows[0] else []
+        full = len(set(rows)) == len(rows) and len(rows) == _product(len(c) for c in columns)
+        if not columns or not full:
+            parts.extend(template.format(*row) for row in rows)
+            continue
+        parts.append(template.format(*(
+            str(c[0]) if len(c) == 1 else "{" + ",".join(map(str, c)) + "}" for c in columns)))
+    return " ".join(parts)
+
+
+def _product(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def backend_json(record) -> dict:
+    return {
+        "name": record.name,
+        "available": record.available,
+        "reason": record.reason,
+        "algorithms": algorithms_of(record),
+        "plugin": record.plugin,
+        "priority": record.backend.priority,
+        "description": record.backend.description,
+        "features": [str(f) for f in record.features],
+        "failed": dict(record.failed),
+    }
+
+
+@handle_errors
+def backends(
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON list (for scripts).")] = False,
+) -> None:
+    """List every crypto backend: available or why not, and the ESP algorithms it offers.
+
+    Backends are ordered by priority: an SA that names no backend gets the first available one
+    that offers its algorithm.  Features that failed their self-test are not offered and are
+    shown with the reason.
+    """
+    registry = _registry()
+    for problem in registry.problems:
+        warn(f"plugin {problem.plugin}: {problem.reason}")
+    records = _records(registry)
+    if as_json:
+        print_json([backend_json(r) for r in records])
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="Crypto backends (highest priority first)")
+    table.add_column("backend", style="bold", no_wrap=True)
+    table.add_column("prio", justify="right")
+    table.add_column("status", ratio=1, overflow="fold")
+    table.add_column("ESP algorithms", ratio=2, min_width=30, overflow="fold")
+    for r in records:
+        if not r.available:
+            status = f"[red]unavailable[/]: {escape(str(r.reason))}"
+        elif r.failed:
+            status = "[yellow]available, some features failed[/]"
+        else:
+            status = "[green]available[/]"
+        algs = escape(compact_keywords(algorithms_of(r)) or "-")
+        if r.failed:
+            algs += "\n" + "\n".join(f"[red]not offered[/] {escape(k)}: {escape(v)}"
+                                      for k, v in r.failed.items())
+        status += f"\n[dim]plugin {escape(r.plugin)}[/]"
+        table.add_row(escape(r.name), str(r.backend.priority), status, algs)
+    console().print(table)
+
+
+@handle_errors
+def selftest(
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", "-b", help="Test only this backend (default: every available one).")] = None,
+    family: Annotated[Optional[str], typer.Option(
+        "--family", help="Test only this primitive family, e.g. aes-gcm, hmac-sha256.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON object (for scripts).")] = False,
+) -> None:
+    """Run every packaged known-answer vector (RFC and Wycheproof) against the backends.
+
+    Exits non-zero when any vector fails.  Unavailable backends are skipped (listed as such);
+    naming an unavailable one with --backend is an error.
+    """
+    from ipsec_core.crypto.base import FAMILY_KIND
+    from ipsec_core.crypto.selftest import run_all
+
+    if family is not None and family not in FAMILY_KIND:
+        fail(f"unknown family {family!r}; known: {', '.join(sorted(FAMILY_KIND))}")
+    registry = _registry()
+    if backend is not None:
+        record = registry.get(backend)          # BackendError names the installed ones
+        if not record.available:
+            fail(f"backend {backend!r} is unavailable: {record.reason}")
+        targets, skipped = [record], []
+    else:
+        targets = [r for r in _records(registry) if r.available]
+        skipped = [{"backend": r.name, "reason": r.reason}
+                   for r in _records(registry) if not r.available]
+
+    results = []
+    for record in targets:
+        for res in run_all(record.backend, family):
+            results.append({"backend": record.name, "id": res.id, "family": res.family,
+                            "passed": bool(res.passed), "detail": res.detail})
+    passed = sum(r["passed"] for r in results)
+    failed = len(results) - passed
+    if as_json:
+        print_json({"passed": passed, "failed": failed, "results": results, "skipped": skipped})
+    else:
+        _print_summary(results, skipped)
+    if failed or not results:
+        if not results and not as_json:
+            warn("no vector was run (no available backend offers the requested family)")
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _print_summary(results: list[dict], skipped: list[dict]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = console()
+    ok: Counter = Counter()
+    bad: Counter = Counter()
+    for r in results:
+        (ok if r["passed"] else bad)[(r["backend"], r["family"])] += 1
+    table = Table(title="Self-test: known-answer vectors")
+    table.add_column("backend", style="bold")
+    table.add_column("family")
+    table.add_column("passed", justify="right")
+    table.add_column("failed", justify="right")
+    for key in sorted(set(ok) | set(bad), key=lambda k: (k[0], k[1])):
+        table.add_row(escape(key[0]), escape(key[1]), str(ok[key]),
+                      f"[red]{bad[key]}[/]" if bad[key] else "0")
+    out.print(table)
+    for r in results:
+        if not r["passed"]:
+            out.print(f"[red]FAIL[/] {escape(r['id'])}\\[{escape(r['backend'])}]: "
+                      f"{escape(r['detail'])}", highlight=False)
+    for s in skipped:
+        out.print(f"[dim]skipped {escape(s['backend'])}: {escape(str(s['reason']))}[/]")
+    total_ok, total_bad = sum(ok.values()), sum(bad.values())
+    verdict = "[green]all passed[/]" if not total_bad else f"[red]{total_bad} failed[/]"
+    out.print(f"{total_ok + total_bad} vectors: {total_ok} passed, {verdict}")
