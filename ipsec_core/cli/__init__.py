@@ -1,7 +1,7 @@
 """The `ipsec` command line (typer).
 
 Owns: the command names and options users type (`backends`, `selftest`, `pcap protect`,
-`pcap unprotect`, `wireshark-keys`) and the rule that errors are one line on stderr with a
+`pcap unprotect`, `wireshark-keys`, `perf`) and the rule that errors are one line on stderr with a
 non-zero exit (see `_common.handle_errors`).  `--json` output goes to stdout, for scripts.
 Must not: hold data-plane logic; commands call the library and report.
 """
@@ -11,6 +11,7 @@ import typer
 
 from ipsec_core.cli import backends as _backends
 from ipsec_core.cli import pcap as _pcap
+from ipsec_core.cli import perf as _perf
 from ipsec_core.cli import wireshark as _wireshark
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("backends")(_backends.backends)
 app.command("selftest")(_backends.selftest)
 app.add_typer(_pcap.app, name="pcap")
 app.command("wireshark-keys")(_wireshark.wireshark_keys)
+app.command("perf")(_perf.perf)
 
 
 def main() -> None:

@@ -1,0 +1,150 @@
+"""`ipsec perf`: what IPsec costs on this machine, per backend, proposal, packet size and mode.
+
+Owns: the options users type and the table / JSON / plot they get.  The measuring itself is
+`ipsec_core.perf.measure`, which drives the same batch path the drivers use.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from ipsec_core.cli._common import fail, handle_errors, print_json, warn
+from ipsec_core.errors import BackendError, ProposalError
+from ipsec_core.keywords import parse_esp
+
+
+def _split(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        fail(f"--{what} is empty")
+    return items
+
+
+@handle_errors
+def perf(
+    backend: str = typer.Option("all", "--backend", "-b", help="A backend name, or 'all' (every available one)."),
+    proposal: str = typer.Option("aes128gcm16", "--proposal", "-p",
+                                 help="ESP proposal keyword(s), comma separated, e.g. aes128gcm16,aes256-sha256."),
+    size: str = typer.Option("64,576,1400", "--size", "-s", help="Inner packet size(s) in bytes, comma separated."),
+    count: int = typer.Option(20000, "--count", "-n", min=1, help="Packets per measurement."),
+    batch: int = typer.Option(256, "--batch", min=1, help="Packets handed to protect_batch/unprotect_batch at once."),
+    direction: str = typer.Option("both", "--direction", "-d", help="protect, unprotect or both."),
+    mode: str = typer.Option("tunnel", "--mode", "-m", help="tunnel or transport."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Interleaved runs; medians are reported."),
+    as_json: bool = typer.Option(False, "--json", help="Print the records as a JSON list on stdout."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Draw Gbit/s against packet size into this PNG (needs matplotlib)."),
+) -> None:
+    """Measure ESP protect/unprotect throughput through the real data path, next to the bare
+    AEAD/cipher call of the same backend on the same payload (measured in the same run)."""
+    from ipsec_core.crypto.registry import get_registry
+    from ipsec_core.perf import MIN_PACKET_BYTES, measure
+
+    if direction not in ("protect", "unprotect", "both"):
+        fail(f"--direction {direction!r}: expected protect, unprotect or both")
+    if mode not in ("tunnel", "transport"):
+        fail(f"--mode {mode!r}: expected tunnel or transport")
+    proposals = _split(proposal, "proposal")
+    for p in proposals:
+        try:
+            parse_esp(p)
+        except ProposalError as exc:
+            fail(f"--proposal: {exc}")
+    try:
+        sizes = [int(s) for s in _split(size, "size")]
+    except ValueError:
+        fail(f"--size {size!r}: expected byte counts like 64,1400")
+    bad = [s for s in sizes if not MIN_PACKET_BYTES <= s <= 65535]
+    if bad:
+        fail(f"--size {bad[0]}: packets must be {MIN_PACKET_BYTES}..65535 bytes (IPv4 + UDP at least)")
+    if plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            fail("--plot needs matplotlib: pip install 'ipsec-suite[plot]'")
+    registry = get_registry()
+    if backend == "all":
+        names = [r.name for r in registry.available()]
+        for r in registry.records.values():
+            if not r.available:
+                warn(f"skipping backend {r.name}: {r.reason}")
+    else:
+        record = registry.get(backend)
+        if not record.available:
+            fail(f"backend {backend!r} is unavailable: {record.reason}")
+        names = [backend]
+    directions = ("protect", "unprotect") if direction == "both" else (direction,)
+
+    jobs = []
+    for name in names:
+        for p in proposals:
+            for s in sizes:
+                jobs.append((name, p, s))
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = Console(file=sys.stderr)
+    records = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("measuring", total=len(jobs) * repeats * len(directions))
+        for name, p, s in jobs:
+            progress.update(task, description=f"{name} {p} {s} B")
+            try:
+                records += measure(backend=name, proposal=p, size=s, count=count, batch=batch,
+                                   directions=directions, mode=mode, repeats=repeats,
+                                   registry=registry, tick=lambda: progress.advance(task))
+            except BackendError as exc:
+                if backend != "all":
+                    raise
+                warn(f"skipping {name} for {p}: {exc}")
+                progress.advance(task, repeats * len(directions))
+    if not records:
+        fail("nothing was measured: no available backend offers these proposals")
+    rows = [r.as_dict() for r in records]
+    if as_json:
+        print_json(rows)
+    else:
+        _table(rows)
+    if plot:
+        _plot(rows, plot)
+
+
+def _table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ESP throughput (inner bytes); bare = the backend's primitive alone, same run")
+    for col in ("backend", "proposal", "mode", "size", "direction", "packets/s", "Gbit/s",
+                "overhead B", "bare packets/s", "ratio"):
+        table.add_column(col, justify="right" if col not in ("backend", "proposal", "mode", "direction") else "left")
+    for r in rows:
+        table.add_row(r["backend"], r["proposal"], r["mode"], str(r["size"]), r["direction"],
+                      f"{r['pps']:,.0f}", f"{r['gbps']:.3f}", str(r["overhead_bytes"]),
+                      f"{r['bare_pps']:,.0f}", f"{r['ratio']:.2f}")
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[tuple, list] = {}
+    for r in rows:
+        series.setdefault((r["backend"], r["proposal"], r["direction"]), []).append((r["size"], r["gbps"]))
+    for (name, prop, direction), points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                label=f"{name} {prop} {direction}")
+    ax.set_xlabel("inner packet size (bytes)")
+    ax.set_ylabel("Gbit/s (inner bytes, one core)")
+    ax.set_xscale("log")
+    ax.set_title("ipsec perf: ESP throughput by backend")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
