@@ -15,6 +15,7 @@ import os
 import secrets
 import struct
 
+from ipsec_core import esp_offload
 from ipsec_core.errors import (AuthenticationError, DropReason, LocalError, PacketDropped,
                                SequenceOverflow)
 from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE,
@@ -99,6 +100,8 @@ class EspEngine:
         self.ident = secrets.randbelow(0x10000)
         from ipsec_core.esp_fast import fast_paths
         self._fast_protect, self._fast_unprotect = fast_paths(self)
+        # A backend that seals many packets per call (the GPU) gets whole batches.
+        self._offload = self.aead is not None and hasattr(self.aead, "encrypt_batch")
 
     # ------------------------------------------------------------------------------------
     # outbound
@@ -157,6 +160,7 @@ class EspEngine:
         sa.seq = seq
         sa.stats.packets += 1
         sa.stats.bytes += len(packet)
+        sa.note_soft_limit(now)
         return out
 
     def _seal(self, payload: bytes, nh: int, seq: int) -> bytes:
@@ -265,6 +269,7 @@ class EspEngine:
         sa.replay.update(seq)
         sa.stats.packets += 1
         sa.stats.bytes += len(inner)
+        sa.note_soft_limit(now)
         return inner
 
     def _strip_udp(self, packet: bytes, start: int, end: int) -> int:
@@ -316,10 +321,15 @@ class EspEngine:
             if not payload or payload[0] >> 4 != 4:
                 raise PacketDropped(DropReason.MALFORMED, "next header 4 but not an IPv4 packet")
             ipv4_header_len(payload)
+            payload = payload[:(payload[2] << 8) | payload[3]]    # drop TFC padding (RFC 4303 2.7)
             inner_ecn = payload[1] & 3
         elif nh == IPPROTO_IPV6:
             if len(payload) < IPV6_HEADER_BYTES or payload[0] >> 4 != 6:
                 raise PacketDropped(DropReason.MALFORMED, "next header 41 but not an IPv6 packet")
+            inner_len = IPV6_HEADER_BYTES + ((payload[4] << 8) | payload[5])
+            if inner_len > len(payload):
+                raise PacketDropped(DropReason.MALFORMED, "inner IPv6 payload length exceeds the packet")
+            payload = payload[:inner_len]                          # drop TFC padding
             inner_ecn = (payload[1] >> 4) & 3
         else:
             raise PacketDropped(DropReason.BAD_NEXT_HEADER, f"tunnel-mode SA got next header {nh}")
@@ -353,11 +363,15 @@ class EspEngine:
     # batches
     # ------------------------------------------------------------------------------------
     def protect_batch(self, packets: list[bytes], now: float | None) -> list[bytes]:
+        if self._offload:
+            return esp_offload.protect_batch(self, packets, now)
         if self._fast_protect is not None:
             return self._fast_protect(packets, now)
         return self.protect_batch_generic(packets, now)
 
     def unprotect_batch(self, packets: list[bytes], now: float | None) -> list:
+        if self._offload:
+            return esp_offload.unprotect_batch(self, packets, now)
         if self._fast_unprotect is not None:
             return self._fast_unprotect(packets, now)
         return self.unprotect_batch_generic(packets, now)
@@ -388,7 +402,7 @@ class EspEngine:
 
 def _fill_udp6_checksum(packet: bytes, udp_at: int) -> bytes:
     """IPv6 UDP needs a checksum (RFC 8200 8.1): compute it over the pseudo-header."""
-    udp = packet[udp_at:]
+    udp = packet[udp_at:udp_at + 6] + b"\0\0" + packet[udp_at + 8:]   # checksum field as zero
     pseudo = packet[8:40] + len(udp).to_bytes(4, "big") + b"\0\0\0" + bytes((IPPROTO_UDP,))
     csum = checksum(pseudo + udp) or 0xFFFF
     return packet[:udp_at + 6] + csum.to_bytes(2, "big") + packet[udp_at + 8:]

@@ -166,3 +166,86 @@ def test_fast_path_is_used_where_expected():
     for proposal, kw in [("aes128gcm16-esn", {}), ("aes128-sha256", {}), ("aes128gcm16", {"outer": V6})]:
         sa = SecurityAssociation(configs(proposal, **kw)[0])
         assert sa.engine._fast_protect is None
+
+
+# -- backends with a native batch AEAD (encrypt_batch / decrypt_batch), as the GPU has --------
+
+from ipsec_core.crypto.base import Backend, Feature  # noqa: E402
+from ipsec_core.crypto.registry import Registry  # noqa: E402
+
+
+class _CountingBatchAead:
+    def __init__(self, inner):
+        self.inner, self.tag_bytes, self.batch_calls, self.single_calls = inner, inner.tag_bytes, 0, 0
+
+    def encrypt(self, nonce, pt, aad):
+        self.single_calls += 1
+        return self.inner.encrypt(nonce, pt, aad)
+
+    def decrypt(self, nonce, data, aad):
+        self.single_calls += 1
+        return self.inner.decrypt(nonce, data, aad)
+
+    def encrypt_batch(self, nonces, pts, aads):
+        self.batch_calls += 1
+        return [self.inner.encrypt(n, p, a) for n, p, a in zip(nonces, pts, aads)]
+
+    def decrypt_batch(self, nonces, datas, aads):
+        self.batch_calls += 1
+        out = []
+        for n, d, a in zip(nonces, datas, aads):
+            try:
+                out.append(self.inner.decrypt(n, d, a))
+            except Exception:
+                out.append(None)
+        return out
+
+
+class _BatchBackend(Backend):
+    name, priority = "batchy", 1
+
+    def __init__(self, real):
+        self.real = real
+
+    def features(self):
+        return [Feature("aes-gcm", (128, 256))]
+
+    def aead(self, family, key, *, tag_bytes, nonce_bytes):
+        return _CountingBatchAead(self.real.aead(family, key, tag_bytes=tag_bytes, nonce_bytes=nonce_bytes))
+
+
+@pytest.fixture(scope="module")
+def batch_registry():
+    reg = Registry(load_entry_points=False)
+    reg.add(_BatchBackend(reg.get("aesni").backend), plugin="tests")
+    return reg
+
+
+@pytest.mark.parametrize("proposal,kw", [("aes128gcm16", {}), ("aes256gcm16", {"encap": (4500, 4500), "outer": V6}),
+                                         ("aes128gmac", {}), ("aes128gcm16-esn", {"mode": "transport"})])
+def test_offload_batch_equals_single(batch_registry, proposal, kw):
+    out_cfg, in_cfg = configs(proposal, backend="batchy", **kw)
+    ref_out, ref_in = (c.__class__(**{**{f: getattr(c, f) for f in c.__dataclass_fields__}, "backend": "aesni"})
+                       for c in (out_cfg, in_cfg))
+    single = SecurityAssociation(ref_out)
+    batch = SecurityAssociation(out_cfg, registry=batch_registry)
+    batch.engine.ident = single.engine.ident
+    packets = [p for p in traffic(random.Random(3), 120) if kw.get("mode") != "transport" or p[0] >> 4 == 4]
+    one = [single.protect(p) for p in packets]
+    many = batch.protect_batch(packets[:50]) + batch.protect_batch(packets[50:])
+    assert many == one and single.state() == batch.state()
+    assert batch.engine.aead.batch_calls == 2 and batch.engine.aead.single_calls == 0
+    stream = one[:30] + [one[3], forge(one[31], 40)] + one[30:]       # replay + forgery inside a batch
+    a, b = SecurityAssociation(ref_in), SecurityAssociation(in_cfg, registry=batch_registry)
+
+    def verdict(v):
+        return v.reason if isinstance(v, PacketDropped) else v
+    singles = []
+    for p in stream:
+        try:
+            singles.append(a.unprotect(p))
+        except PacketDropped as d:
+            singles.append(d.reason)
+    batched = [verdict(v) for v in b.unprotect_batch(stream)]
+    assert batched == singles and a.state() == b.state()
+    assert b.engine.aead.batch_calls == 1 and b.engine.aead.single_calls == 0

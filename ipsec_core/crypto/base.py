@@ -31,6 +31,12 @@ Optional, for the batch fast path: an Aead may also have `fast_decrypt` (same ca
 `decrypt`) together with `fast_decrypt_errors`, the tuple of exceptions it raises on a bad tag,
 so the hot loop can call a library's bound method directly instead of a translating wrapper.
 Likewise `encrypt` may simply be the library's bound method, stored as an instance attribute.
+
+Optional, for backends that compute many packets per call (the GPU): `encrypt_batch(nonces,
+plaintexts, aads) -> list[ciphertext || tag]` and `decrypt_batch(nonces, ciphertexts_and_tags,
+aads) -> list[plaintext or None]` (None where the tag does not verify), over sequences of equal
+length.  When an AEAD has them, `protect_batch` / `unprotect_batch` of an SA make one call per
+batch (see `ipsec_core.esp_offload`); everything else about the packets stays in the core.
 """
 from __future__ import annotations
 
