@@ -167,6 +167,14 @@ class SecurityAssociation:
         if self.soft_expired is None:
             self.soft_expired = self.config.soft.reached(**usage)
 
+    def note_soft_limit(self, now: float | None) -> None:
+        """Called after a packet is counted: note a soft limit as soon as that packet reaches it,
+        so a rekey can start now rather than when (if ever) the next packet comes."""
+        if self.soft_expired is None and self._has_lifetime:
+            age = (time.monotonic() if now is None else now) - self.installed_at
+            self.soft_expired = self.config.soft.reached(octets=self.stats.bytes,
+                                                         packets=self.stats.packets, age=age)
+
     # -- data plane -------------------------------------------------------------------------
     def protect(self, packet: bytes, *, now: float | None = None) -> bytes:
         """Encapsulate one IP packet; returns the outer IP packet (IP [UDP] ESP)."""

@@ -76,9 +76,10 @@ def build_ipv6(*, src: bytes, dst: bytes, next_header: int, payload_len: int,
 
 
 def fix_ipv4_header(header: bytearray) -> None:
-    """Recompute the checksum of an IPv4 header in place."""
+    """Recompute the checksum of an IPv4 header in place.  `header` may be a whole packet: only
+    the first IHL * 4 bytes are summed."""
     header[10:12] = b"\0\0"
-    header[10:12] = checksum(header).to_bytes(2, "big")
+    header[10:12] = checksum(memoryview(header)[:(header[0] & 0x0F) * 4]).to_bytes(2, "big")
 
 
 def ipv6_split(packet: bytes) -> tuple[int, int, int]:
