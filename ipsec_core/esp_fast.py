@@ -188,7 +188,7 @@ def _make_unprotect(engine):
                 continue
             cut = len(pt) - 2 - pt[-2]
             if (cut < 20 or not pt.endswith(tails[pt[-2]]) or pt[0] != 0x45
-                    or ((pt[2] << 8) | pt[3]) > cut or (pt[1] ^ p[1]) & 3):
+                    or ((pt[2] << 8) | pt[3]) != cut or (pt[1] ^ p[1]) & 3):
                 replay.top, replay.bitmap = top, bitmap
                 sa.stats.packets += packets_ok
                 sa.stats.bytes += octets

@@ -116,6 +116,8 @@ def test_unprotect_batch_equals_single(proposal, kw):
         from ipsec_core.packet.ip import fix_ipv4_header
         hdr = bytearray(ce[:20]); fix_ipv4_header(hdr); ce[:20] = hdr
     stream.append(bytes(ce))
+    # TFC padding after the inner packet (RFC 4303 2.7): stripped at the inner IP length
+    stream.append(sender.protect(bytes(IP(src="198.51.100.1", dst="203.0.113.1") / UDP() / b"tfc") + bytes(40)))
     a, b = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
 
     def one(sa, p):
