@@ -11,7 +11,6 @@ import os
 import sys
 from typing import Any, Callable, NoReturn, TypeVar
 
-import click
 import typer
 
 from ipsec_core.errors import IpsecError
@@ -22,6 +21,17 @@ EXIT_ERROR = 1
 DEBUG_ENV = "IPSEC_DEBUG"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exceptions the command-line framework uses for its own exits: let them through.  typer
+#: releases differ in whether they run on click, so both families are listed when present.
+_FRAMEWORK_EXITS: tuple[type[BaseException], ...] = tuple(
+    e for e in (typer.Exit, typer.Abort, getattr(typer, "TyperException", None)) if e is not None)
+try:
+    import click
+
+    _FRAMEWORK_EXITS += (click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+except ImportError:  # typer without click
+    pass
 
 
 def one_line(text: str) -> str:
@@ -49,8 +59,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort,
-                click.ClickException):
+        except _FRAMEWORK_EXITS:
             raise
         except IpsecError as exc:
             fail(str(exc))
