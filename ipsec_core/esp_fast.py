@@ -162,49 +162,37 @@ def _make_unprotect(engine):
         packets_ok = octets = 0
         for p in packets:
             ln = len(p)
-            if (ln < min_len or p[0] != 0x45 or p[9] != proto or ((p[2] << 8) | p[3]) != ln
-                    or p[6] & 0x3F or p[7] or p[esp_at:esp_at + 4] != spi
-                    or (encap and ((p[22] << 8) | p[23]) != dport)):
-                seq = 0
-            else:
+            if (ln >= min_len and p[0] == 0x45 and p[9] == proto and ((p[2] << 8) | p[3]) == ln
+                    and not (p[6] & 0x3F or p[7]) and p[esp_at:esp_at + 4] == spi
+                    and (not encap or ((p[22] << 8) | p[23]) == dport)):
                 seq = unpack_seq(p, esp_at + 4)[0]
-            if seq <= top or not size:
-                # Not the common case (malformed, foreign, or not right of the window):
-                # the generic path decides, with the replay state synced.
-                replay.top, replay.bitmap = top, bitmap
-                sa.stats.packets += packets_ok
-                sa.stats.bytes += octets
-                packets_ok = octets = 0
-                try:
-                    append(generic(p, now))
-                except PacketDropped as drop:
-                    append(drop)
-                top, bitmap = replay.top, replay.bitmap
-                continue
+                if seq > top and size:
+                    try:
+                        pt = decrypt(salt + p[iv_at:ct_at], p[ct_at:], p[esp_at:iv_at])
+                    except bad_tag:
+                        append(PacketDropped(DropReason.AUTH_FAILED, "AEAD tag mismatch"))
+                        continue
+                    cut = len(pt) - 2 - pt[-2]
+                    if (cut >= 20 and pt.endswith(tails[pt[-2]]) and pt[0] == 0x45
+                            and ((pt[2] << 8) | pt[3]) == cut and not (pt[1] ^ p[1]) & 3):
+                        shift = seq - top
+                        bitmap = ((bitmap << shift) | 1) & mask if shift < size else 1
+                        top = seq
+                        packets_ok += 1
+                        octets += cut
+                        append(pt[:cut])
+                        continue
+            # Not the common case (malformed, foreign, left of or inside the window, padded,
+            # ECN to combine...): the generic path decides, with the SA state synced.
+            replay.top, replay.bitmap = top, bitmap
+            sa.stats.packets += packets_ok
+            sa.stats.bytes += octets
+            packets_ok = octets = 0
             try:
-                pt = decrypt(salt + p[iv_at:ct_at], p[ct_at:], p[esp_at:iv_at])
-            except bad_tag:
-                append(PacketDropped(DropReason.AUTH_FAILED, "AEAD tag mismatch"))
-                continue
-            cut = len(pt) - 2 - pt[-2]
-            if (cut < 20 or not pt.endswith(tails[pt[-2]]) or pt[0] != 0x45
-                    or ((pt[2] << 8) | pt[3]) != cut or (pt[1] ^ p[1]) & 3):
-                replay.top, replay.bitmap = top, bitmap
-                sa.stats.packets += packets_ok
-                sa.stats.bytes += octets
-                packets_ok = octets = 0
-                try:
-                    append(generic(p, now))
-                except PacketDropped as drop:
-                    append(drop)
-                top, bitmap = replay.top, replay.bitmap
-                continue
-            shift = seq - top
-            bitmap = ((bitmap << shift) | 1) & mask if shift < size else 1
-            top = seq
-            packets_ok += 1
-            octets += cut
-            append(pt[:cut])
+                append(generic(p, now))
+            except PacketDropped as drop:
+                append(drop)
+            top, bitmap = replay.top, replay.bitmap
         replay.top, replay.bitmap = top, bitmap
         sa.stats.packets += packets_ok
         sa.stats.bytes += octets
