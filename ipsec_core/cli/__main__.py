@@ -1,0 +1,3 @@
+from ipsec_core.cli import main
+
+main()
