@@ -82,28 +82,73 @@ def fix_ipv4_header(header: bytearray) -> None:
     header[10:12] = checksum(memoryview(header)[:(header[0] & 0x0F) * 4]).to_bytes(2, "big")
 
 
-def ipv6_split(packet: bytes) -> tuple[int, int, int]:
-    """Where ESP/AH goes in an IPv6 packet (RFC 4303 3.1.1): after hop-by-hop, routing and
-    fragment headers (and destination options that precede a routing header).
+#: Extension headers the walkers step over (RFC 8200 4): hop-by-hop, routing, fragment,
+#: destination options.  AH (51) is stepped over only when asked (`through_ah`); ESP (50) ends
+#: every walk, since what follows it is encrypted.
+IPV6_EXTENSION_HEADERS = frozenset({IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT,
+                                    IPPROTO_DSTOPTS})
+FRAGMENT_HEADER_BYTES = 8
 
-    Returns (offset of the first byte that is protected, offset of the next-header byte that
-    must be changed to ESP/AH, the protocol number found at that point).
+
+def ipv6_headers(packet: bytes, *, through_ah: bool = False) -> list[tuple[int, int, int]]:
+    """The header chain of an IPv6 packet after the fixed header, as (protocol, offset, nh_at)
+    triples: `offset` is where that header starts, `nh_at` the offset of the next-header byte
+    that names it (6 for the first).  Every extension header comes first, in order; the last
+    triple is the header that ends the walk: an upper-layer protocol, ESP, No Next Header (59),
+    AH unless `through_ah`, or the fragmentable part of a non-first fragment (whose first bytes
+    are not a header: check for a fragment header before reading it).
+
+    Raises PacketDropped(MALFORMED) for a truncated chain or a hop-by-hop header anywhere but
+    right after the fixed header (RFC 8200 4.1).
     """
     if len(packet) < IPV6_HEADER_BYTES:
         raise PacketDropped(DropReason.MALFORMED, f"IPv6 packet of {len(packet)} bytes")
-    nh_at = 6
-    nh = packet[6]
-    off = IPV6_HEADER_BYTES
-    while True:
-        if nh in (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT) or (
-                nh == IPPROTO_DSTOPTS and off + 1 <= len(packet) and packet[off] == IPPROTO_ROUTING):
-            if off + 8 > len(packet):
-                raise PacketDropped(DropReason.MALFORMED, "truncated IPv6 extension header")
-            ext_len = 8 if nh == IPPROTO_FRAGMENT else (packet[off + 1] + 1) * 8
-            nh_at = off
-            nh = packet[off]
-            off += ext_len
-            if off > len(packet):
-                raise PacketDropped(DropReason.MALFORMED, "truncated IPv6 extension header")
-            continue
-        return off, nh_at, nh
+    out: list[tuple[int, int, int]] = []
+    nh_at, nh, off, end = 6, packet[6], IPV6_HEADER_BYTES, len(packet)
+    while nh in IPV6_EXTENSION_HEADERS or (through_ah and nh == IPPROTO_AH):
+        if nh == IPPROTO_HOPOPTS and off != IPV6_HEADER_BYTES:
+            raise PacketDropped(DropReason.MALFORMED, "hop-by-hop options header not first (RFC 8200 4.1)")
+        if off + 8 > end:
+            raise PacketDropped(DropReason.MALFORMED, "truncated IPv6 extension header")
+        if nh == IPPROTO_FRAGMENT:
+            size = FRAGMENT_HEADER_BYTES
+        elif nh == IPPROTO_AH:
+            size = (packet[off + 1] + 2) * 4
+        else:
+            size = (packet[off + 1] + 1) * 8
+        if off + size > end:
+            raise PacketDropped(DropReason.MALFORMED, "truncated IPv6 extension header")
+        out.append((nh, off, nh_at))
+        later_fragment = nh == IPPROTO_FRAGMENT and ((packet[off + 2] << 8) | packet[off + 3]) & 0xFFF8
+        nh_at, nh = off, packet[off]
+        off += size
+        if later_fragment:
+            break          # a non-first fragment: what follows is not a header
+    out.append((nh, off, nh_at))
+    return out
+
+
+def ipv6_split(packet: bytes) -> tuple[int, int, int]:
+    """Where ESP/AH goes in an IPv6 packet (RFC 4303 3.1.1, RFC 4302 3.1.1): after hop-by-hop,
+    routing and fragment headers, and after destination options that precede a routing header
+    (or an ESP/AH header already there: ESP then AH on one packet, or an AH put after them by
+    the peer).  Destination options not followed by one of those stay inside, protected.
+
+    Returns (offset of the first byte that is protected, offset of the next-header byte that
+    must be changed to ESP/AH, the protocol number found at that point).  On a received packet
+    it finds the ESP or AH header the same way.
+    """
+    chain = ipv6_headers(packet)
+    split = 0
+    for i, (proto, _, _) in enumerate(chain[:-1]):
+        if proto in (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT) or (
+                proto == IPPROTO_DSTOPTS and chain[i + 1][0] in (IPPROTO_ROUTING, IPPROTO_ESP, IPPROTO_AH)):
+            split = i + 1
+    proto, off, nh_at = chain[split]
+    return off, nh_at, proto
+
+
+def ipv6_is_fragment(packet: bytes) -> bool:
+    """True when the IPv6 packet carries a fragment header (first fragment or not) before any
+    ESP/AH header: IPsec applies to whole packets, reassemble it first (RFC 4301 7)."""
+    return any(proto == IPPROTO_FRAGMENT for proto, _, _ in ipv6_headers(packet)[:-1])
