@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ipsec_core.errors import ConfigError, ProposalError
-from ipsec_core.keywords import parse_esp
+from ipsec_core.keywords import parse_proposal
 from ipsec_core.replay import DEFAULT_REPLAY_WINDOW_BITS
-from ipsec_core.sa import NAT_T_PORT, Direction, Lifetime, Mode, SaConfig
+from ipsec_core.sa import NAT_T_PORT, TFC_TO_MTU, DfBit, Direction, Lifetime, Mode, SaConfig
 
 SA_KEYS = {"name", "spi", "direction", "mode", "protocol", "proposal", "key", "integrity_key",
            "tunnel", "encap", "encap_ports", "esn", "replay_window", "backend", "lifetime",
-           "outer_ttl"}
+           "outer_ttl", "tfc_padding", "mtu", "df_bit"}
 LIFETIME_KEYS = {f"{kind}_{unit}" for kind in ("soft", "hard") for unit in ("bytes", "packets", "seconds")}
 
 
@@ -71,8 +71,11 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
     unknown = set(raw) - SA_KEYS
     if unknown:
         raise fail(sorted(unknown)[0], f"unknown key; known keys: {', '.join(sorted(SA_KEYS))}")
+    protocol = raw.get("protocol", "esp")
+    if protocol not in ("esp", "ah"):
+        raise fail("protocol", f"{protocol!r}: expected 'esp' or 'ah'")
     try:
-        proposal = parse_esp(raw["proposal"])
+        proposal = parse_proposal(raw["proposal"], protocol)
     except ProposalError as exc:
         raise fail("proposal", str(exc)) from None
     esn = raw.get("esn")
@@ -82,7 +85,7 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
         if esn != proposal.esn and "esn" in raw["proposal"].lower().split("-"):
             raise fail("esn", "contradicts the proposal's -esn suffix")
         if esn and not proposal.esn:
-            proposal = parse_esp(raw["proposal"] + "-esn")
+            proposal = parse_proposal(raw["proposal"] + "-esn", protocol)
     try:
         direction = Direction(raw["direction"])
     except ValueError:
@@ -123,7 +126,16 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
     backend = raw.get("backend")
     if backend is not None and not isinstance(backend, str):
         raise fail("backend", "must be a backend name, see `ipsec backends`")
-    protocol = raw.get("protocol", "esp")
+    tfc = raw.get("tfc_padding", 0)
+    if tfc != TFC_TO_MTU and (isinstance(tfc, bool) or not isinstance(tfc, int)):
+        raise fail("tfc_padding", f'{tfc!r}: expected bytes (an integer) or "mtu"')
+    mtu = raw.get("mtu")
+    if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)):
+        raise fail("mtu", f"{mtu!r}: expected an integer (bytes)")
+    try:
+        df_bit = DfBit(raw.get("df_bit", "copy"))
+    except ValueError:
+        raise fail("df_bit", f"{raw['df_bit']!r}: expected 'copy', 'set' or 'clear'") from None
     cfg = SaConfig(
         name=name,
         spi=parse_spi(raw["spi"], file=file, key=f"{where}.spi"),
@@ -138,6 +150,7 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
         soft=Lifetime(lifetimes.get("soft_bytes"), lifetimes.get("soft_packets"), lifetimes.get("soft_seconds")),
         hard=Lifetime(lifetimes.get("hard_bytes"), lifetimes.get("hard_packets"), lifetimes.get("hard_seconds")),
         outer_ttl=raw.get("outer_ttl", 64),
+        tfc_padding=tfc, mtu=mtu, df_bit=df_bit,
     )
     for key, problem in cfg.problems():
         raise fail(key, problem)

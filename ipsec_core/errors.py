@@ -77,6 +77,18 @@ class DropReason(str, enum.Enum):
     DUMMY = "dummy"                      # next header 59: a dummy packet (RFC 4303 2.6)
     ECN_DROP = "ecn_drop"                # outer CE on a Not-ECT inner packet (RFC 6040 4.2)
     POLICY = "policy"                    # decrypted packet does not match the SA's policy
+    NOT_AH = "not_ah"                    # not an AH packet (other protocol), for an AH SA
+    TOO_BIG = "too_big"                  # outbound: over the SA's mtu with DF; ICMP answer made
+    FRAG_OVERLAP = "frag_overlap"        # overlapping fragments: whole datagram dropped (RFC 5722)
+    FRAG_DUPLICATE = "frag_duplicate"    # an exact duplicate fragment (RFC 8200 4.5), dropped alone
+    FRAG_OVERSIZE = "frag_oversize"      # a fragment ending past 65535 octets of datagram
+    FRAG_TIMEOUT = "frag_timeout"        # reassembly not complete in time
+    FRAG_EVICTED = "frag_evicted"        # reassembly memory full: the oldest datagram made room
+
+
+#: Drops that are part of normal operation, not a fault of the peer: count them, do not log
+#: them as errors (RFC 4303 2.6: dummy packets are discarded silently).
+SILENT_DROPS = frozenset({DropReason.DUMMY, DropReason.NAT_KEEPALIVE, DropReason.IKE_PACKET})
 
 
 class PacketDropped(IpsecError):
@@ -86,3 +98,21 @@ class PacketDropped(IpsecError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+
+    @property
+    def silent(self) -> bool:
+        """True for drops that are expected traffic (dummy packets, NAT keepalives, IKE on the
+        NAT-T port): counted like any drop, but not an error to report."""
+        return self.reason in SILENT_DROPS
+
+
+class PacketTooBig(PacketDropped):
+    """An outbound packet would exceed the SA's `mtu` after protection and may not be fragmented
+    (DF set, or an IPv6 packet over 1280 octets).  `icmp` is the ICMP "fragmentation needed"
+    (RFC 1191) or ICMPv6 "packet too big" (RFC 8201) message for the driver to hand back to the
+    packet's source; `mtu` is the largest packet the source should send (RFC 4301 8.2)."""
+
+    def __init__(self, detail: str, *, icmp: bytes, mtu: int):
+        self.icmp = icmp
+        self.mtu = mtu
+        super().__init__(DropReason.TOO_BIG, detail)

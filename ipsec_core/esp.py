@@ -21,7 +21,7 @@ from ipsec_core.errors import (AuthenticationError, DropReason, LocalError, Pack
 from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE,
                                   IPPROTO_UDP, IPV4_HEADER_BYTES, IPV6_HEADER_BYTES, build_ipv4,
                                   build_ipv6, checksum, fix_ipv4_header, ipv4_header_len,
-                                  ipv6_split)
+                                  ipv6_is_fragment, ipv6_split)
 from ipsec_core.transforms import CipherKind
 
 ESP_HEADER_BYTES = 8
@@ -98,8 +98,17 @@ class EspEngine:
         else:
             self.outer_v6, self.src, self.dst = False, b"", b""
         self.ident = secrets.randbelow(0x10000)
+        self.df_bit = cfg.df_bit.value
+        # TFC padding (RFC 4303 2.7), tunnel mode: the inner packet is padded to `tfc_pad_to`
+        # bytes, never so far that the protected packet would exceed the SA's mtu.
+        self.tfc_pad_to = 0
+        if self.tunnel and (cfg.tfc_padding or cfg.mtu):
+            fits = self._tunnel_payload_fitting(cfg.mtu) if cfg.mtu else 0xFFFF
+            self.tfc_pad_to = fits if cfg.tfc_padding == "mtu" else min(cfg.tfc_padding, fits)
         from ipsec_core.esp_fast import fast_paths
         self._fast_protect, self._fast_unprotect = fast_paths(self)
+        if self.tfc_pad_to or self.df_bit != "copy":
+            self._fast_protect = None      # the fast loop writes neither TFC padding nor DF policy
         # A backend that seals many packets per call (the GPU) gets whole batches.
         self._offload = self.aead is not None and hasattr(self.aead, "encrypt_batch")
 
@@ -124,6 +133,8 @@ class EspEngine:
             else:
                 raise LocalError(f"protect() needs an IPv4 or IPv6 packet, got version {version}")
             payload = packet
+            if len(payload) < self.tfc_pad_to:
+                payload = payload + bytes(self.tfc_pad_to - len(payload))
             head = None
         elif version == 4:
             ihl = ipv4_header_len(packet)
@@ -204,6 +215,8 @@ class EspEngine:
         else:
             tos = ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
             df = 0
+        if self.df_bit != "copy":
+            df = 0x4000 if self.df_bit == "set" else 0
         # DSCP copied, ECN copied (RFC 6040 normal mode), TTL constructed (RFC 4301 5.1.2.1).
         if self.outer_v6:
             return build_ipv6(src=self.src, dst=self.dst, next_header=proto, payload_len=length,
@@ -211,6 +224,58 @@ class EspEngine:
         self.ident = (self.ident + 1) & 0xFFFF
         return build_ipv4(src=self.src, dst=self.dst, proto=proto, payload_len=length, tos=tos,
                           ident=self.ident, flags_frag=df, ttl=self.ttl)
+
+    def protected_len(self, packet: bytes, length: int | None = None) -> int:
+        """Length of `protect(packet)` without TFC padding (or of a packet like it, `length`
+        bytes long), computed without protecting: for MTU decisions."""
+        version = packet[0] >> 4
+        if length is None:
+            length = ((packet[2] << 8) | packet[3]) if version == 4 else len(packet)
+        fixed = ESP_HEADER_BYTES + self.iv_bytes + self.icv_bytes + (UDP_HEADER_BYTES if self.encap else 0)
+        if self.tunnel:
+            outer = 40 if self.outer_v6 else 20
+            return outer + fixed + length + 2 + (-(length + 2) % self.block)
+        head = (packet[0] & 0x0F) * 4 if version == 4 else ipv6_split(packet)[0]
+        body = length - head
+        return head + fixed + body + 2 + (-(body + 2) % self.block)
+
+    def _tunnel_payload_fitting(self, mtu: int) -> int:
+        """The longest inner packet whose tunnel-mode ESP packet fits `mtu` bytes."""
+        fixed = ((40 if self.outer_v6 else 20) + ESP_HEADER_BYTES + self.iv_bytes + self.icv_bytes
+                 + (UDP_HEADER_BYTES if self.encap else 0))
+        return max(0, (mtu - fixed) // self.block * self.block - 2)
+
+    def dummy(self, size: int | None, now: float | None) -> bytes:
+        """A dummy packet (RFC 4303 2.6): next header 59, `size` random bytes of payload (by
+        default as long as TFC padding makes every packet), the next sequence number."""
+        sa = self.sa
+        sa.check_lifetime(now)
+        seq = sa.seq + 1
+        if seq > self.seq_max:
+            raise SequenceOverflow(f"SA {sa.name}: sequence number space exhausted; rekey the SA")
+        if not self.src:
+            raise LocalError(f"SA {sa.name}: a dummy packet needs the SA's addresses "
+                             "(tunnel = { local = ..., remote = ... })")
+        size = self.tfc_pad_to if size is None else size
+        if not 0 <= size <= 0xFFFF:
+            raise LocalError(f"dummy packet size must be 0..65535 bytes, not {size}")
+        esp = self._seal(os.urandom(size), IPPROTO_NONE, seq)
+        if self.encap:
+            esp = self._udp(esp)
+        proto = IPPROTO_UDP if self.encap else IPPROTO_ESP
+        if self.outer_v6:
+            out = build_ipv6(src=self.src, dst=self.dst, next_header=proto, payload_len=len(esp),
+                             hop_limit=self.ttl) + esp
+            if self.encap:
+                out = _fill_udp6_checksum(out, IPV6_HEADER_BYTES)
+        else:
+            self.ident = (self.ident + 1) & 0xFFFF
+            out = build_ipv4(src=self.src, dst=self.dst, proto=proto, payload_len=len(esp),
+                             ident=self.ident, flags_frag=0x4000 if self.df_bit == "set" else 0,
+                             ttl=self.ttl) + esp
+        sa.seq = seq
+        sa.stats.dummies += 1
+        return out
 
     # ------------------------------------------------------------------------------------
     # inbound
@@ -234,6 +299,8 @@ class EspEngine:
             if end > len(packet):
                 raise PacketDropped(DropReason.MALFORMED, "IPv6 payload length exceeds the packet")
             start, nh_at, proto = ipv6_split(packet[:end])
+            if ipv6_is_fragment(packet[:start]):
+                raise PacketDropped(DropReason.MALFORMED, "IPv6 fragment: reassemble before unprotect")
         else:
             raise PacketDropped(DropReason.MALFORMED, f"IP version {version}")
         if proto == IPPROTO_UDP:
@@ -312,8 +379,9 @@ class EspEngine:
             return body
         if self.ctr:
             return self.cipher.decrypt(self.salt + iv + b"\0\0\0\1", body)
-        if len(body) % 16:
-            raise PacketDropped(DropReason.TRUNCATED, "CBC payload not a multiple of 16 bytes")
+        if len(body) % self.block:
+            raise PacketDropped(DropReason.TRUNCATED,
+                                f"CBC payload not a multiple of {self.block} bytes")
         return self.cipher.decrypt(iv, body)
 
     def _detunnel(self, payload: bytes, nh: int, outer: bytes, outer_version: int) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ipsec_core.errors import ProposalError
 from ipsec_core.transforms import (ENCR_INFO, INTEG_INFO, CipherKind, EncrId, EncrInfo, IntegId,
                                    IntegInfo, KeId)
+from ipsec_core.transforms import AH_GMAC_INFO, GMAC_SALT_BYTES
 
 _ICV_BITS = {"8": 8, "64": 8, "12": 12, "96": 12, "16": 16, "128": 16, "": 16}
 _GCM = {8: EncrId.ENCR_AES_GCM_8, 12: EncrId.ENCR_AES_GCM_12, 16: EncrId.ENCR_AES_GCM_16}
@@ -183,3 +184,96 @@ def esp_keywords_for(family: str, key_bits: tuple[int, ...]) -> list[str]:
         if integ.family == family:
             out.append(_INTEG_NAME[integ.id])
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# AH proposals (RFC 4302): an integrity algorithm, no encryption
+# ----------------------------------------------------------------------------------------------
+_AH_GMAC_KEYWORDS: dict[str, IntegId] = {
+    "aes128gmac": IntegId.AUTH_AES_128_GMAC,
+    "aes192gmac": IntegId.AUTH_AES_192_GMAC,
+    "aes256gmac": IntegId.AUTH_AES_256_GMAC,
+}
+_AH_GMAC_NAME = {v: k for k, v in _AH_GMAC_KEYWORDS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class AhProposal:
+    """One AH proposal: an integrity algorithm (HMAC-SHA1/SHA2, AES-XCBC, AES-CMAC or AES-GMAC),
+    ESN, KE groups.  Written as strongSwan writes an `ah =` proposal: "sha256", "sha1-esn",
+    "aescmac-modp2048", "aes128gmac"."""
+
+    integ: IntegId
+    esn: bool = False
+    ke: tuple[KeId, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.integ not in INTEG_INFO and self.integ not in AH_GMAC_INFO:
+            raise ProposalError(f"AH needs an integrity algorithm, not {self.integ!r}")
+
+    @property
+    def integ_info(self) -> IntegInfo:
+        """Sizes of the integrity transform; for GMAC `key_bytes` counts key + 4-byte salt."""
+        return INTEG_INFO.get(self.integ) or AH_GMAC_INFO[self.integ]
+
+    @property
+    def gmac(self) -> bool:
+        return self.integ in AH_GMAC_INFO
+
+    @property
+    def key_bits(self) -> int:
+        """AES key bits of a GMAC proposal (salt excluded); 0 for the MACs."""
+        return (self.integ_info.key_bytes - GMAC_SALT_BYTES) * 8 if self.gmac else 0
+
+    @property
+    def keyword(self) -> str:
+        return format_ah(self)
+
+
+def format_ah(p: AhProposal) -> str:
+    parts = [_AH_GMAC_NAME.get(p.integ) or _INTEG_NAME[p.integ]]
+    parts.extend(_KE_NAME[k] for k in p.ke)
+    if p.esn:
+        parts.append("esn")
+    return "-".join(parts)
+
+
+def parse_ah(text: str) -> AhProposal:
+    """Parse one AH proposal such as "sha256", "sha1-esn", "aesxcbc" or "aes128gmac".
+
+    Raises ProposalError naming the token that is not understood (an encryption keyword is
+    refused with a hint: AH does not encrypt)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ProposalError("empty AH proposal; expected an integrity keyword like 'sha256'")
+    integ: IntegId | None = None
+    esn: bool | None = None
+    ke: list[KeId] = []
+    for token in text.strip().lower().split("-"):
+        if token in ("esn", "noesn"):
+            if esn is not None:
+                raise ProposalError(f"{text!r}: ESN given twice (this project negotiates one value)")
+            esn = token == "esn"
+        elif token in INTEG_KEYWORDS or token in _AH_GMAC_KEYWORDS:
+            if integ is not None:
+                raise ProposalError(f"{text!r}: more than one integrity algorithm")
+            integ = INTEG_KEYWORDS.get(token) or _AH_GMAC_KEYWORDS[token]
+        elif token in KE_KEYWORDS:
+            ke.append(KE_KEYWORDS[token])
+        elif token == "null" or _parse_encr(token) is not None:
+            raise ProposalError(f"{text!r}: {token!r} is an encryption algorithm; AH only "
+                                "authenticates (use protocol = \"esp\" to encrypt)")
+        else:
+            raise ProposalError(f"{text!r}: unknown keyword {token!r}; expected e.g. sha1, sha256, "
+                                "sha384, sha512, aesxcbc, aescmac, aes128gmac, esn")
+    if integ is None:
+        raise ProposalError(f"{text!r}: no integrity algorithm (for example 'sha256')")
+    return AhProposal(integ, bool(esn), tuple(ke))
+
+
+def parse_proposal(text: str, protocol: str = "esp") -> EspProposal | AhProposal:
+    """`parse_esp` or `parse_ah`, by IPsec protocol ("esp" or "ah")."""
+    if protocol == "ah":
+        return parse_ah(text)
+    if protocol == "esp":
+        return parse_esp(text)
+    raise ProposalError(f"unknown IPsec protocol {protocol!r}; expected 'esp' or 'ah'")

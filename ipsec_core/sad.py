@@ -1,7 +1,7 @@
 """The Security Association Database (RFC 4301 4.4.2).
 
-Owns: the installed SAs, the inbound lookup by (SPI, protocol, destination), and the inbound
-entry point that finds the SA of a packet and unprotects it.
+Owns: the installed SAs (ESP and AH), the inbound lookup by (SPI, protocol, destination), and the
+inbound entry point that finds the SA of a packet's outermost ESP or AH header and unprotects it.
 Must not: do I/O or per-packet plugin calls.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections import Counter
 
 from ipsec_core.errors import DropReason, LocalError, PacketDropped
 from ipsec_core.esp import NAT_KEEPALIVE, NON_ESP_MARKER
-from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_UDP, IPV6_HEADER_BYTES, ipv4_header_len,
-                                  ipv6_split)
+from ipsec_core.packet.ip import (IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP, IPV6_HEADER_BYTES,
+                                  ipv4_header_len, ipv6_split)
 from ipsec_core.sa import Direction, SecurityAssociation
 
 
@@ -47,6 +47,23 @@ def esp_spi_and_destination(packet: bytes, udp_ports=frozenset({4500})) -> tuple
     if end - start < 8:
         raise PacketDropped(DropReason.TRUNCATED, "no room for the ESP header")
     return struct.unpack_from("!I", packet, start)[0], dst
+
+
+def ipsec_spi_and_destination(packet: bytes, udp_ports=frozenset({4500})) -> tuple[int, str, bytes]:
+    """(SPI, "esp" or "ah", outer destination) of the outermost IPsec header of `packet`, or
+    PacketDropped.  AH is found after the IPv4 header or the IPv6 extension headers that
+    precede it; anything else goes through `esp_spi_and_destination`."""
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= 20 and packet[9] == IPPROTO_AH:
+        start, end, dst = ipv4_header_len(packet), (packet[2] << 8) | packet[3], packet[16:20]
+    elif version == 6 and len(packet) >= IPV6_HEADER_BYTES and ipv6_split(packet)[2] == IPPROTO_AH:
+        start, end, dst = ipv6_split(packet)[0], len(packet), packet[24:40]
+    else:
+        spi, dst = esp_spi_and_destination(packet, udp_ports)
+        return spi, "esp", dst
+    if end - start < 12:
+        raise PacketDropped(DropReason.TRUNCATED, "no room for the AH header")
+    return struct.unpack_from("!I", packet, start + 4)[0], "ah", dst
 
 
 class Sad:
@@ -102,8 +119,8 @@ class Sad:
     def unprotect(self, packet: bytes, *, now: float | None = None) -> tuple[SecurityAssociation, bytes]:
         """Find the inbound SA of `packet` and unprotect it.  Drops without an SA count in `drops`."""
         try:
-            spi, dst = esp_spi_and_destination(packet, self.udp_ports)
-            sa = self.lookup_inbound(spi, "esp", dst)
+            spi, protocol, dst = ipsec_spi_and_destination(packet, self.udp_ports)
+            sa = self.lookup_inbound(spi, protocol, dst)
         except PacketDropped as drop:
             self.drops[drop.reason.value] += 1
             raise

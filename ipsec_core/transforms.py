@@ -37,6 +37,9 @@ class IntegId(enum.IntEnum):
     AUTH_HMAC_SHA1_96 = 2
     AUTH_AES_XCBC_96 = 5
     AUTH_AES_CMAC_96 = 8
+    AUTH_AES_128_GMAC = 9        # AH only (RFC 4543 4); ESP uses ENCR_NULL_AUTH_AES_GMAC
+    AUTH_AES_192_GMAC = 10
+    AUTH_AES_256_GMAC = 11
     AUTH_HMAC_SHA2_256_128 = 12
     AUTH_HMAC_SHA2_384_192 = 13
     AUTH_HMAC_SHA2_512_256 = 14
@@ -123,3 +126,18 @@ INTEG_INFO: dict[IntegId, IntegInfo] = {
         IntegInfo(IntegId.AUTH_HMAC_SHA2_512_256, 64, 32, "hmac-sha512"),
     )
 }
+
+#: AES-GMAC as an AH integrity transform (RFC 4543 section 4).  Kept apart from INTEG_INFO because
+#: it is not a MAC but the GCM AEAD with an empty plaintext, and it is offered for AH only.
+#: `key_bytes` counts the 4-byte salt after the AES key (the SA file's `integrity_key` holds
+#: key || salt, as for ESP's GMAC `key`); each AH header carries an 8-byte IV before the ICV.
+AH_GMAC_INFO: dict[IntegId, IntegInfo] = {
+    i.id: i
+    for i in (
+        IntegInfo(IntegId.AUTH_AES_128_GMAC, 16 + 4, 16, "aes-gcm"),
+        IntegInfo(IntegId.AUTH_AES_192_GMAC, 24 + 4, 16, "aes-gcm"),
+        IntegInfo(IntegId.AUTH_AES_256_GMAC, 32 + 4, 16, "aes-gcm"),
+    )
+}
+GMAC_SALT_BYTES = 4
+GMAC_IV_BYTES = 8

@@ -72,7 +72,7 @@ def test_encap_defaults_to_4500(tmp_path):
     ('replay_window = 128', 'replay_window = "big"', "sa[a-out].replay_window", "integer"),
     ('hard_seconds = 3600', 'hard_seconds = -1', "sa[a-out].lifetime.hard_seconds", "positive"),
     ('backend = "aesni"', 'backend = "aesni"\ncolour = "red"', "sa[a-out].colour", "unknown key"),
-    ('protocol = "esp"', 'protocol = "ah"', "sa[a-out].protocol", "not supported yet"),
+    ('protocol = "esp"', 'protocol = "ipcomp"', "sa[a-out].protocol", "expected 'esp' or 'ah'"),
     ('integrity_key = "%s"' % ("22" * 32), 'integrity_key = "22"', "sa[b-in].integrity_key",
      "needs 32 bytes, got 1"),
     ('integrity_key = "%s"' % ("22" * 32), '', "sa[b-in].integrity_key", "needs an integrity key"),

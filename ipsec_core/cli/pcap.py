@@ -4,6 +4,11 @@ Owns: `protect_file` / `unprotect_file` (file in, file out, counts back) and the
 Each run installs the SA afresh (sequence number 1, empty replay window); the SA's clock is the
 capture's: packet k is processed at install time + (timestamp k - first timestamp), so
 lifetimes in seconds follow the capture, not the wall clock.
+Protect applies the SA's `mtu` (`SecurityAssociation.protect_wire`): a packet may become
+several fragment records with its timestamp, or be left out as "too_big".  Unprotect first
+reassembles IPv4/IPv6 fragments (`ipsec_core.fragments.Reassembler`, on the capture's clock):
+the reassembled packet is written with the timestamp of the fragment that completed it;
+datagrams still incomplete at the end of the file count as "frag_timeout".
 Must not: change timestamps or the link type: the output keeps both from the input.
 """
 from __future__ import annotations
@@ -18,8 +23,9 @@ from typing import Annotated, Optional
 import typer
 
 from ipsec_core.cli._common import console, handle_errors, print_json
-from ipsec_core.errors import (BackendError, DropReason, LifetimeExpired, LocalError, PacketDropped,
+from ipsec_core.errors import (SILENT_DROPS, BackendError, DropReason, LifetimeExpired, LocalError, PacketDropped,
                                SequenceOverflow)
+from ipsec_core.fragments import Reassembler
 from ipsec_core.io.pcap import (PcapReader, PcapWriter, frame_with_ip, ip_from_frame,
                                 output_header)
 
@@ -27,6 +33,7 @@ from ipsec_core.io.pcap import (PcapReader, PcapWriter, frame_with_ip, ip_from_f
 NOT_IP = "not_ip"
 #: Drop key when `protect` refuses a packet because the SA's sequence numbers are exhausted.
 SEQUENCE_OVERFLOW = "sequence_overflow"
+SILENT = {reason.value for reason in SILENT_DROPS}
 
 app = typer.Typer(
     name="pcap",
@@ -42,6 +49,8 @@ class PcapCounts:
     done: int = 0                 # protected or decrypted
     passed: int = 0               # copied through unchanged (protect: non-IP frames)
     dropped: Counter = field(default_factory=Counter)
+    fragments: int = 0            # unprotect: fragments received (held for reassembly);
+                                  # protect: extra records written because a packet was fragmented
     linktype: str = ""
 
 
@@ -71,6 +80,7 @@ def _run(sa, in_path: Path, out_path: Path, *, protect: bool) -> PcapCounts:
     if not parent.is_dir():
         raise LocalError(f"{out_path}: cannot write: folder {str(parent)!r} does not exist")
     tmp = out_path.with_name(out_path.name + ".partial")
+    reassembler = None if protect else Reassembler()
     with open(in_path, "rb") as fin:
         reader = PcapReader(fin, name=str(in_path), require_supported=True)
         header = reader.header
@@ -96,9 +106,12 @@ def _run(sa, in_path: Path, out_path: Path, *, protect: bool) -> PcapCounts:
                         continue
                     try:
                         if protect:
-                            new = sa.protect(packet, now=now)
+                            wire = sa.protect_wire(packet, now=now)
                         else:
-                            new = sa.unprotect(packet, now=now)
+                            whole = reassembler.push(packet, now=now)
+                            if whole is None:
+                                continue            # a fragment, held until its datagram completes
+                            wire = [sa.unprotect(whole, now=now)]
                     except PacketDropped as drop:
                         counts.dropped[drop.reason.value] += 1
                         continue
@@ -112,7 +125,16 @@ def _run(sa, in_path: Path, out_path: Path, *, protect: bool) -> PcapCounts:
                         counts.dropped[DropReason.MALFORMED.value] += 1
                         continue
                     counts.done += 1
-                    writer.write(rec.with_data(frame_with_ip(linktype, rec.data, new)))
+                    if protect:
+                        counts.fragments += len(wire) - 1
+                    for new in wire:
+                        writer.write(rec.with_data(frame_with_ip(linktype, rec.data, new)))
+                if reassembler is not None:
+                    reassembler.expire(float("inf"))   # incomplete at the end of the capture
+                    counts.fragments = reassembler.stats["fragments"]
+                    for reason in (DropReason.FRAG_TIMEOUT, DropReason.FRAG_EVICTED):
+                        if reassembler.stats[reason.value]:
+                            counts.dropped[reason.value] = reassembler.stats[reason.value]
             os.replace(tmp, out_path)
         finally:
             if tmp.exists():
@@ -158,8 +180,13 @@ def _report(counts: PcapCounts, *, verb: str, out_path: Path) -> None:
     out.print(f"{counts.packets} packets ({escape(counts.linktype)}): {counts.done} {verb}"
               + (f", {counts.passed} not IP, copied unchanged" if counts.passed else "")
               + f", {sum(counts.dropped.values())} dropped", highlight=False)
+    if counts.fragments:
+        what = ("fragments received, reassembled before unprotect" if verb == "decrypted"
+                else "extra fragment records (mtu)")
+        out.print(f"  {what}: {counts.fragments}", highlight=False)
     for reason, n in sorted(counts.dropped.items()):
-        out.print(f"  dropped {escape(reason)}: {n}", highlight=False)
+        note = " (silent: expected traffic)" if reason in SILENT else ""
+        out.print(f"  dropped {escape(reason)}: {n}{note}", highlight=False)
     out.print(f"wrote {counts.done + counts.passed} packets to {escape(str(out_path))}",
               highlight=False)
 
@@ -171,15 +198,20 @@ def protect_cmd(config: _CONFIG, sa: _SA, in_pcap: _IN, out_pcap: _OUT,
     """Protect every IP packet of IN.pcap with an outbound SA (direction = "out") into OUT.pcap.
 
     Frames that carry no IPv4/IPv6 packet (ARP, LLDP...) are [bold]copied through unchanged[/].
-    Every IP packet is protected: there is no policy lookup.  Packets the SA refuses (malformed,
-    lifetime reached) are left out and counted.  The SA starts afresh: sequence number 1.
-    --json prints {"packets", "protected", "passed", "dropped": {reason: count}}.
+    Every IP packet is protected (ESP or AH, as the SA says): there is no policy lookup.
+    Packets the SA refuses (malformed, lifetime reached, over its mtu with DF: too_big) are
+    left out and counted; with an mtu, a packet may be written as several fragments.  The SA
+    starts afresh: sequence number 1.  --json prints {"packets", "protected", "passed",
+    "dropped": {reason: count}}, and "fragments" (extra records) when there are any.
     """
     sa_obj = load_sa(config, sa, want="out", backend=backend)
     counts = protect_file(sa_obj, in_pcap, out_pcap)
     if as_json:
-        print_json({"packets": counts.packets, "protected": counts.done, "passed": counts.passed,
-                    "dropped": dict(sorted(counts.dropped.items()))})
+        data = {"packets": counts.packets, "protected": counts.done, "passed": counts.passed,
+                "dropped": dict(sorted(counts.dropped.items()))}
+        if counts.fragments:
+            data["fragments"] = counts.fragments
+        print_json(data)
     else:
         _report(counts, verb="protected", out_path=out_pcap)
 
@@ -188,18 +220,23 @@ def protect_cmd(config: _CONFIG, sa: _SA, in_pcap: _IN, out_pcap: _OUT,
 @handle_errors
 def unprotect_cmd(config: _CONFIG, sa: _SA, in_pcap: _IN, out_pcap: _OUT,
                   backend: _BACKEND = None, as_json: _JSON = False) -> None:
-    """Unprotect the ESP packets of IN.pcap with an inbound SA (direction = "in") into OUT.pcap.
+    """Unprotect the ESP or AH packets of IN.pcap with an inbound SA (direction = "in") into OUT.pcap.
 
-    Only decrypted packets are written.  Everything else is counted by drop reason (auth_failed,
-    replay, unknown_spi, not_esp...); frames that carry no IP packet count as [bold]not_ip[/].
-    Exits 0 whenever the file was processed, whatever was dropped.  The SA starts afresh:
-    empty replay window.  --json prints {"packets", "decrypted", "dropped": {reason: count}}.
+    IP fragments are reassembled first.  Only unprotected packets are written.  Everything else
+    is counted by drop reason (auth_failed, replay, unknown_spi, not_esp, dummy...); frames
+    that carry no IP packet count as [bold]not_ip[/].  Exits 0 whenever the file was processed,
+    whatever was dropped.  The SA starts afresh: empty replay window.  --json prints
+    {"packets", "decrypted", "dropped": {reason: count}}, and "fragments" (fragments received)
+    when there are any.
     """
     sa_obj = load_sa(config, sa, want="in", backend=backend)
     counts = unprotect_file(sa_obj, in_pcap, out_pcap)
     if as_json:
-        print_json({"packets": counts.packets, "decrypted": counts.done,
-                    "dropped": dict(sorted(counts.dropped.items()))})
+        data = {"packets": counts.packets, "decrypted": counts.done,
+                "dropped": dict(sorted(counts.dropped.items()))}
+        if counts.fragments:
+            data["fragments"] = counts.fragments
+        print_json(data)
     else:
         _report(counts, verb="decrypted", out_path=out_pcap)
 

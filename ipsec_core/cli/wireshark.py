@@ -16,6 +16,11 @@ row says "ANY N bit authentication [no checking]", with AES-GCM the ICV shows as
 Wireshark finds ESP-in-UDP on port 4500 only: other `encap_ports` need a Decode As entry
 (`-d udp.port==N,udpencap`, or a `decode_as_entries` line), which the tshark-args format and
 --write-config add.
+AH SAs get no row, with a warning: Wireshark 4.0 dissects AH without keys (AH encrypts nothing)
+but cannot check an AH ICV (its AH dissector has the fields ah.next_header, ah.length,
+ah.reserved, ah.spi, ah.sequence and ah.icv only, and no `ah.*` preferences), and its `esp_sa`
+table has no protocol column for AH: "Protocol" is the IP version.  ESP inside AH (an SA
+bundle) is decrypted from the ESP SA's row, since the AH dissector hands the payload on.
 """
 from __future__ import annotations
 
@@ -95,6 +100,10 @@ def esp_sa_rows(cfg) -> tuple[list[EspSaRow], list[str]]:
     warnings to show about it."""
     prop = cfg.proposal
     warnings: list[str] = []
+    if cfg.protocol == "ah":
+        return [], [f"SA {cfg.name!r} is AH: Wireshark 4.0 shows AH packets without keys (nothing "
+                    "is encrypted) but cannot check AH ICVs, and its esp_sa table has no AH "
+                    "entries; skipped"]
     encr = WIRESHARK_ENCR.get(prop.encr)
     if encr is None:
         return [], [f"SA {cfg.name!r}: Wireshark 4.0 cannot decrypt {prop.keyword} "
