@@ -67,7 +67,7 @@ class EspEngine:
         self.salt = cfg.enc_key[prop.key_bits // 8:]
         self.aead = self.cipher = self.mac = None
         if self.kind in (CipherKind.AEAD, CipherKind.GMAC):
-            backend = registry.select(info.family, prop.key_bits, cfg.backend)
+            backend = registry.select(info.family, prop.key_bits, cfg.backend, tag_bytes=info.icv_bytes)
             self.aead = backend.aead(info.family, key, tag_bytes=info.icv_bytes,
                                      nonce_bytes=len(self.salt) + info.iv_bytes)
             self.icv_bytes = info.icv_bytes

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ipsec_core.cli._common import EXIT_ERROR, console, fail, handle_errors, print_json, warn
-from ipsec_core.keywords import esp_keywords_for
+from ipsec_core.keywords import esp_keywords_for, parse_esp
 
 
 def _registry():
@@ -31,6 +31,8 @@ def algorithms_of(record) -> list[str]:
     out: list[str] = []
     for feature in record.features:
         for keyword in esp_keywords_for(feature.family, feature.key_bits):
+            if feature.tag_bytes and parse_esp(keyword).encr_info.icv_bytes not in feature.tag_bytes:
+                continue                  # e.g. gpu: aes128gcm16 and aes128gmac, not aes128gcm8
             if keyword not in out:
                 out.append(keyword)
     return out

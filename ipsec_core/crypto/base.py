@@ -70,11 +70,14 @@ FAMILY_KIND: dict[str, FeatureKind] = {
 class Feature:
     """One primitive a backend offers: a family and the key sizes (bits) it takes.
 
-    For MACs with free key length (HMAC) `key_bits` is empty, meaning "any".
+    For MACs with free key length (HMAC) `key_bits` is empty, meaning "any".  `tag_bytes`
+    narrows an AEAD family to some of its contract's tag lengths (the gpu backend: 16 only);
+    empty means every tag length of the contract.
     """
 
     family: str
     key_bits: tuple[int, ...] = ()
+    tag_bytes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILY_KIND:
@@ -87,9 +90,13 @@ class Feature:
     def accepts(self, key_bits: int | None) -> bool:
         return not self.key_bits or key_bits is None or key_bits in self.key_bits
 
+    def accepts_tag(self, tag_bytes: int | None) -> bool:
+        return not self.tag_bytes or tag_bytes is None or tag_bytes in self.tag_bytes
+
     def __str__(self) -> str:
         sizes = "/".join(str(k) for k in self.key_bits)
-        return f"{self.family}({sizes})" if sizes else self.family
+        text = f"{self.family}({sizes})" if sizes else self.family
+        return text + (f"[tag {'/'.join(map(str, self.tag_bytes))}]" if self.tag_bytes else "")
 
 
 @runtime_checkable

@@ -46,8 +46,9 @@ class BackendRecord:
     def name(self) -> str:
         return self.backend.name
 
-    def offers(self, family: str, key_bits: int | None) -> bool:
-        return any(f.family == family and f.accepts(key_bits) for f in self.features)
+    def offers(self, family: str, key_bits: int | None, tag_bytes: int | None = None) -> bool:
+        return any(f.family == family and f.accepts(key_bits) and f.accepts_tag(tag_bytes)
+                   for f in self.features)
 
 
 @dataclass
@@ -163,14 +164,17 @@ class Registry:
             known = ", ".join(sorted(self.records)) or "none"
             raise BackendError(f"backend {name!r} is not installed (installed: {known})") from None
 
-    def select(self, family: str, key_bits: int | None, backend: str | None = None) -> Backend:
-        """The backend that computes `family` with `key_bits` for one SA; BackendError if none."""
+    def select(self, family: str, key_bits: int | None, backend: str | None = None, *,
+               tag_bytes: int | None = None) -> Backend:
+        """The backend that computes `family` with `key_bits` (and, for an AEAD, `tag_bytes`-byte
+        tags; None: any) for one SA; BackendError if none."""
         what = f"{family} with {key_bits}-bit keys" if key_bits else family
+        what += f" and {tag_bytes}-byte tags" if tag_bytes else ""
         if backend:
             record = self.get(backend)
             if not record.available:
                 raise BackendError(f"backend {backend!r} is unavailable: {record.reason}")
-            if record.offers(family, key_bits):
+            if record.offers(family, key_bits, tag_bytes):
                 return record.backend
             failed = [f"{k}: {v}" for k, v in record.failed.items() if k.startswith(family)]
             if failed:
@@ -178,7 +182,7 @@ class Registry:
                                    f"its self-test failed ({'; '.join(failed)})")
             raise BackendError(f"backend {backend!r} does not offer {what}")
         for record in self.available():
-            if record.offers(family, key_bits):
+            if record.offers(family, key_bits, tag_bytes):
                 return record.backend
         raise BackendError(f"no available backend offers {what}")
 

@@ -543,6 +543,7 @@ def quick_check(backend: Backend, feature: Feature) -> list[str]:
     sizes: tuple[int | None, ...] = feature.key_bits or (None,)
     for key_bits in sizes:
         cases = _quick_cases(feature.family, key_bits)
+        cases = tuple(c for c in cases if feature.accepts_tag(getattr(c, "tag_bytes", None)))
         if not cases:
             what = f"{key_bits}-bit keys" if key_bits else "any key"
             failures.append(f"no known-answer vector for {feature.family} with {what}")
@@ -567,7 +568,9 @@ class Result:
 
 def offers(features: Iterable[Feature], case: VectorCase) -> bool:
     """Whether a backend declaring `features` can be asked to compute `case`."""
-    return any(f.family == case.family and f.accepts(case.key_bits) for f in features)
+    tag = getattr(case, "tag_bytes", None)
+    return any(f.family == case.family and f.accepts(case.key_bits) and f.accepts_tag(tag)
+               for f in features)
 
 
 def run_all(backend: Backend, family: str | None = None) -> list[Result]:
