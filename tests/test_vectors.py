@@ -82,6 +82,8 @@ def test_builtin_backend_runs_every_family(name):
 # -- run_all ----------------------------------------------------------------------------------
 def test_run_all_on_each_backend_passes_and_filters_by_family():
     for name in BACKENDS:
+        if not any(f.family == "aes-ctr" for f in DECLARED[name]):
+            continue                     # gpu: a bulk AES-GCM backend
         backend = REGISTRY.records[name].backend
         results = selftest.run_all(backend, family="aes-ctr")
         assert results and all(r.family == "aes-ctr" and r.passed for r in results), name
@@ -182,6 +184,8 @@ def test_tampered_tag_raises_authentication_error_on_every_backend():
     for name in BACKENDS:
         backend = REGISTRY.records[name].backend
         for tag in (8, 12, 16):
+            if not any(f.family == "aes-gcm" and f.accepts_tag(tag) for f in DECLARED[name]):
+                continue                 # gpu: 16-byte tags only
             aead = backend.aead("aes-gcm", key, tag_bytes=tag, nonce_bytes=12)
             sealed = aead.encrypt(nonce, b"payload", b"aad")
             assert len(sealed) == 7 + tag

@@ -27,7 +27,8 @@ def perf(
     backend: str = typer.Option("all", "--backend", "-b", help="A backend name, or 'all' (every available one)."),
     proposal: str = typer.Option("aes128gcm16", "--proposal", "-p",
                                  help="ESP proposal keyword(s), comma separated, e.g. aes128gcm16,aes256-sha256."),
-    size: str = typer.Option("64,576,1400", "--size", "-s", help="Inner packet size(s) in bytes, comma separated."),
+    size: Optional[str] = typer.Option(None, "--size", "-s", help="Inner packet size(s) in bytes, comma separated "
+                                       "(default 64,576,1400; for a backend's own benchmark, its sizes: gpu adds 9000)."),
     count: int = typer.Option(20000, "--count", "-n", min=1, help="Packets per measurement."),
     batch: int = typer.Option(256, "--batch", min=1, help="Packets handed to protect_batch/unprotect_batch at once."),
     direction: str = typer.Option("both", "--direction", "-d", help="protect, unprotect or both."),
@@ -35,9 +36,16 @@ def perf(
     repeats: int = typer.Option(5, "--repeats", min=1, help="Interleaved runs; medians are reported."),
     as_json: bool = typer.Option(False, "--json", help="Print the records as a JSON list on stdout."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw Gbit/s against packet size into this PNG (needs matplotlib)."),
+    batches: Optional[str] = typer.Option(None, "--batches", help="Batch sizes of a backend's own benchmark, comma "
+                                          "separated (gpu default: 1024,4096,16384,65536)."),
+    esp: bool = typer.Option(False, "--esp", help="Measure through protect_batch/unprotect_batch even for a backend "
+                             "that has its own benchmark (gpu)."),
 ) -> None:
     """Measure ESP protect/unprotect throughput through the real data path, next to the bare
-    AEAD/cipher call of the same backend on the same payload (measured in the same run)."""
+    AEAD/cipher call of the same backend on the same payload (measured in the same run).
+
+    A backend with its own benchmark (gpu) runs that one when named alone: kernel-only and
+    end-to-end throughput per packet size and batch size, and latency per batch."""
     from ipsec_core.crypto.registry import get_registry
     from ipsec_core.perf import MIN_PACKET_BYTES, measure
 
@@ -52,7 +60,7 @@ def perf(
         except ProposalError as exc:
             fail(f"--proposal: {exc}")
     try:
-        sizes = [int(s) for s in _split(size, "size")]
+        sizes = [int(s) for s in _split(size or "64,576,1400", "size")]
     except ValueError:
         fail(f"--size {size!r}: expected byte counts like 64,1400")
     bad = [s for s in sizes if not MIN_PACKET_BYTES <= s <= 65535]
@@ -75,6 +83,13 @@ def perf(
             fail(f"backend {backend!r} is unavailable: {record.reason}")
         names = [backend]
     directions = ("protect", "unprotect") if direction == "both" else (direction,)
+    own_bench = getattr(registry.get(backend).backend, "bench", None) if backend != "all" and not esp else None
+    if own_bench is not None:
+        if plot:
+            warn("--plot draws the ESP-path records: add --esp to measure those for this backend")
+        _own_bench(own_bench, proposals=proposals, sizes=sizes if size else None, batches=batches,
+                   directions=directions, repeats=repeats, registry=registry, as_json=as_json)
+        return
 
     jobs = []
     for name in names:
@@ -109,6 +124,41 @@ def perf(
         _table(rows)
     if plot:
         _plot(rows, plot)
+
+
+def _own_bench(bench, *, proposals, sizes, batches, directions, repeats, registry, as_json) -> None:
+    """A backend's own benchmark (`Backend.bench`, e.g. gpu): records with kernel_gbps,
+    device_e2e_gbps, e2e_gbps and batch_latency_ms."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    try:
+        batch_list = [int(b) for b in _split(batches, "batches")] if batches else None
+    except ValueError:
+        fail(f"--batches {batches!r}: expected packet counts like 1024,65536")
+    if batch_list and min(batch_list) < 1:
+        fail("--batches: a batch holds at least one packet")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True) as progress:
+        task = progress.add_task("measuring", total=None)
+        rows = bench(proposals=proposals, sizes=sizes, batches=batch_list, directions=directions,
+                     repeats=repeats, registry=registry, tick=lambda: progress.advance(task))
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="Backend benchmark (inner bytes): kernel alone, device end-to-end "
+                        "(pinned host buffers), end-to-end (bytes in, bytes out)")
+    columns = (("backend", "backend"), ("proposal", "proposal"), ("size", "size"), ("batch", "batch"),
+               ("direction", "direction"), ("kernel_gbps", "kernel Gbit/s"),
+               ("device_e2e_gbps", "device e2e Gbit/s"), ("e2e_gbps", "e2e Gbit/s"),
+               ("batch_latency_ms", "latency ms"), ("vs_aesni", "x aesni"))
+    for _, title in columns:
+        table.add_column(title, justify="left" if title in ("backend", "proposal", "direction") else "right")
+    for r in rows:
+        table.add_row(*("-" if r.get(key) is None else str(r.get(key)) for key, _ in columns))
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def _table(rows: list[dict]) -> None:
