@@ -45,8 +45,8 @@ IPV6_REASSEMBLY_SECONDS = 60.0
 #: What a datagram in progress and each held fragment cost beyond their data bytes (the Python
 #: objects that track them), charged against `max_bytes` so that a flood of tiny fragments is
 #: bounded too.
-DATAGRAM_OVERHEAD_BYTES = 512
-FRAGMENT_OVERHEAD_BYTES = 128
+DATAGRAM_OVERHEAD_BYTES = 768
+FRAGMENT_OVERHEAD_BYTES = 192
 
 
 class _Datagram:
@@ -153,6 +153,7 @@ class Reassembler:
     # -- the entry point ---------------------------------------------------------------------
     def push(self, packet: bytes, *, now: float | None = None) -> bytes | None:
         now = time.monotonic() if now is None else now
+        self.expire(now)
         if not packet:
             raise self._drop(DropReason.MALFORMED, "empty packet")
         version = packet[0] >> 4
@@ -165,7 +166,6 @@ class Reassembler:
         if parsed is None:
             return packet if version == 4 else self._atomic(packet)
         key, start, data, more, header, nh_at, next_header = parsed
-        self.expire(now)
         self.stats["fragments"] += 1
         stop = start + len(data)
         if more and len(data) % 8:

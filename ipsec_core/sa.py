@@ -326,9 +326,13 @@ class SecurityAssociation:
     def _largest_fitting(self, packet: bytes, mtu: int) -> int:
         """The largest length of a packet like `packet` whose protected form fits `mtu`."""
         size = len(packet) if packet[0] >> 4 == 6 else (packet[2] << 8) | packet[3]
-        fits = size - (self.engine.protected_len(packet) - mtu)
-        while fits > 0 and self.engine.protected_len(packet, fits) > mtu:
+        protected_len = self.engine.protected_len
+        fits = size - (protected_len(packet) - mtu)
+        # ESP padding makes the overhead depend on the length: step to the exact edge.
+        while fits > 0 and protected_len(packet, fits) > mtu:
             fits -= 1
+        while protected_len(packet, fits + 1) <= mtu:
+            fits += 1
         return max(fits, 0)
 
     def dummy(self, size: int | None = None, *, now: float | None = None) -> bytes:
