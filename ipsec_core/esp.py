@@ -85,7 +85,7 @@ class EspEngine:
             if mac_backend.name not in names:
                 names.append(mac_backend.name)
         self.backend_names = ",".join(names)
-        self.ctr = info.family == "aes-ctr"
+        self.ctr = info.counter          # RFC 3686 counter block (aes-ctr, plugin counter modes)
         # Smallest ESP payload: IV, then at least pad length + next header, aligned, then ICV.
         self.min_esp = ESP_HEADER_BYTES + self.iv_bytes + max(self.block, 4) + self.icv_bytes
         # Outer header material for tunnel mode and UDP encapsulation.

@@ -3,6 +3,9 @@
 Owns: parsing "aes128gcm16-esn", "aes256-sha256", "chacha20poly1305", "null-sha1" into an
 `EspProposal`, and writing one back.  Keywords follow strongSwan's (docs: "IKEv2 Cipher Suites"),
 because that is what users already type.
+Plugin transforms (`ipsec_register_transforms`) bring their own keywords ("camellia128"):
+a token that is no built-in keyword is looked up in a transform catalogue, by default the
+process-wide registry's (`ipsec_core.crypto.catalog`), so they work in SA files and `ipsec perf`.
 Must not: know about backends.
 """
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 
 from ipsec_core.errors import ProposalError
 from ipsec_core.transforms import (ENCR_INFO, INTEG_INFO, CipherKind, EncrId, EncrInfo, IntegId,
-                                   IntegInfo, KeId)
+                                   IntegInfo, KeId, PluginEncrId)
 from ipsec_core.transforms import AH_GMAC_INFO, GMAC_SALT_BYTES
 
 _ICV_BITS = {"8": 8, "64": 8, "12": 12, "96": 12, "16": 16, "128": 16, "": 16}
@@ -50,16 +53,21 @@ _ENCR_RE = re.compile(r"^aes(128|192|256)?(gcm|ccm)?(8|12|16|64|96|128)?(ctr|gma
 
 @dataclass(frozen=True, slots=True)
 class EspProposal:
-    """One ESP proposal: a cipher (with key size), an integrity algorithm or none, ESN, KE groups."""
+    """One ESP proposal: a cipher (with key size), an integrity algorithm or none, ESN, KE groups.
 
-    encr: EncrId
+    `encr` is an `EncrId`, or for a plugin transform its `PluginEncrId`; a plain int is resolved
+    to either (plugin ids through the process-wide registry's catalogue)."""
+
+    encr: EncrId | PluginEncrId
     key_bits: int
     integ: IntegId = IntegId.AUTH_NONE
     esn: bool = False
     ke: tuple[KeId, ...] = ()
 
     def __post_init__(self) -> None:
-        info = ENCR_INFO[self.encr]
+        if not isinstance(self.encr, (EncrId, PluginEncrId)):
+            object.__setattr__(self, "encr", resolve_encr(self.encr))
+        info = self.encr_info
         if self.key_bits not in info.key_bits:
             raise ProposalError(f"{self.encr.name} takes {info.key_bits} bit keys, not {self.key_bits}")
         combined = info.kind in (CipherKind.AEAD, CipherKind.GMAC)
@@ -71,7 +79,8 @@ class EspProposal:
 
     @property
     def encr_info(self) -> EncrInfo:
-        return ENCR_INFO[self.encr]
+        encr = self.encr
+        return encr.info if isinstance(encr, PluginEncrId) else ENCR_INFO[encr]
 
     @property
     def integ_info(self) -> IntegInfo | None:
@@ -87,7 +96,33 @@ class EspProposal:
         return self.key_bits // 8 + self.encr_info.salt_bytes
 
 
-def _encr_name(encr: EncrId, key_bits: int) -> str:
+def resolve_encr(value: int, *, catalog=None) -> EncrId | PluginEncrId:
+    """An ENCR transform id as the core knows it: a built-in `EncrId`, or the `PluginEncrId` a
+    plugin registered in `catalog` (default: the process-wide registry's)."""
+    if isinstance(value, (EncrId, PluginEncrId)):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProposalError(f"an ENCR transform id is an integer, not {value!r}")
+    if value in EncrId._value2member_map_:
+        return EncrId(value)
+    record = _catalog(catalog).by_id(value)
+    if record is None:
+        raise ProposalError(f"unknown ENCR transform id {value}: not built in, and no loaded plugin "
+                            "registers it (`ipsec plugins` lists the plugins)")
+    return record.id
+
+
+def _catalog(catalog):
+    if catalog is not None:
+        return catalog
+    from ipsec_core.crypto.catalog import process_catalog
+
+    return process_catalog()
+
+
+def _encr_name(encr: EncrId | PluginEncrId, key_bits: int) -> str:
+    if isinstance(encr, PluginEncrId):
+        return encr.transform.canonical_keyword(key_bits)
     info = ENCR_INFO[encr]
     if encr == EncrId.ENCR_NULL:
         return "null"
@@ -138,14 +173,33 @@ def _parse_encr(token: str) -> tuple[EncrId, int] | None:
     return EncrId.ENCR_AES_CBC, bits
 
 
-def parse_esp(text: str) -> EspProposal:
+def is_builtin_keyword(token: str) -> bool:
+    """Whether `token` already means something in a proposal (plugins may not take it)."""
+    return (token in ("esn", "noesn") or token in INTEG_KEYWORDS or token in KE_KEYWORDS
+            or _parse_encr(token) is not None)
+
+
+def _plugin_encr(token: str, text: str, catalog) -> tuple[PluginEncrId, int] | None:
+    found = _catalog(catalog).keyword(token)
+    if found is None:
+        return None
+    record, bits = found
+    if not record.usable:
+        raise ProposalError(f"{text!r}: {token!r} is {record.name} from plugin {record.plugin}, "
+                            f"which is not offered: {record.reason}")
+    return record.id, bits
+
+
+def parse_esp(text: str, *, catalog=None) -> EspProposal:
     """Parse one ESP proposal such as "aes128gcm16-esn" or "aes256-sha256-ecp256".
 
+    A token that is no built-in keyword may be a plugin transform's: it is looked up in
+    `catalog` (a `TransformCatalog`; default: the process-wide registry's, loaded on first use).
     Raises ProposalError naming the token that is not understood.
     """
     if not isinstance(text, str) or not text.strip():
         raise ProposalError("empty proposal; expected something like 'aes128gcm16' or 'aes256-sha256'")
-    encr: tuple[EncrId, int] | None = None
+    encr: tuple[EncrId | PluginEncrId, int] | None = None
     integ = IntegId.AUTH_NONE
     esn: bool | None = None
     ke: list[KeId] = []
@@ -160,23 +214,26 @@ def parse_esp(text: str) -> EspProposal:
             integ = INTEG_KEYWORDS[token]
         elif token in KE_KEYWORDS:
             ke.append(KE_KEYWORDS[token])
-        elif (parsed := _parse_encr(token)) is not None:
+        elif (parsed := _parse_encr(token) or _plugin_encr(token, text, catalog)) is not None:
             if encr is not None:
                 raise ProposalError(f"{text!r}: more than one encryption algorithm")
             encr = parsed
         else:
             raise ProposalError(f"{text!r}: unknown keyword {token!r}; expected e.g. aes128gcm16, "
                                 "aes256, aes128ctr, chacha20poly1305, aes128gmac, null, sha256, "
-                                "aesxcbc, esn")
+                                "aesxcbc, esn (or a plugin's keyword: `ipsec plugins` lists them)")
     if encr is None:
         raise ProposalError(f"{text!r}: no encryption algorithm (use 'null' for none)")
     return EspProposal(encr[0], encr[1], integ, bool(esn), tuple(ke))
 
 
-def esp_keywords_for(family: str, key_bits: tuple[int, ...]) -> list[str]:
-    """ESP keywords a primitive family makes possible (for listings such as `ipsec backends`)."""
+def esp_keywords_for(family: str, key_bits: tuple[int, ...], *, catalog=None) -> list[str]:
+    """ESP keywords a primitive family makes possible (for listings such as `ipsec backends`),
+    plugin transforms included (from `catalog`; default: the process-wide registry's)."""
     out: list[str] = []
-    for info in ENCR_INFO.values():
+    infos = list(ENCR_INFO.values())
+    infos += [r.info for r in _catalog(catalog).of_family(family) if r.usable]
+    for info in infos:
         if info.family == family:
             sizes = info.key_bits if not key_bits else [k for k in info.key_bits if k in key_bits]
             out.extend(_encr_name(info.id, k) for k in sizes)

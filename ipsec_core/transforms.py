@@ -2,12 +2,17 @@
 
 Owns: the numbers (from the IANA "IKEv2 Parameters" registry) and per-algorithm sizes: key, salt,
 IV, block, ICV.  The core enforces every protocol rule from these facts; backends only compute.
+Plugins add ENCR transforms through the hook `ipsec_register_transforms` with an
+`EncrTransform`; the registry validates it and gives it a `PluginEncrId` (an int with a name,
+like an `EncrId` member, that carries the transform's `EncrInfo`).  `ENCR_INFO` stays the table
+of the built-in transforms.
 Must not: import backends or do crypto.
 """
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 
 class TransformType(enum.IntEnum):
@@ -85,6 +90,8 @@ class EncrInfo:
     block_bytes: int              # payload alignment (padding), at least 4 for ESP
     icv_bytes: int                # for AEAD/GMAC: tag length; 0 for ciphers
     family: str                   # primitive family the backend implements ("aes-gcm", ...)
+    counter: bool = False         # CIPHER only: RFC 3686 layout, the IV is the sequence number and
+                                  # the backend gets the counter block salt || IV || 00000001
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +109,7 @@ ENCR_INFO: dict[EncrId, EncrInfo] = {
     for e in (
         EncrInfo(EncrId.ENCR_NULL, CipherKind.NULL, (0,), 0, 0, 4, 0, "null"),
         EncrInfo(EncrId.ENCR_AES_CBC, CipherKind.CIPHER, _AES, 0, 16, 16, 0, "aes-cbc"),
-        EncrInfo(EncrId.ENCR_AES_CTR, CipherKind.CIPHER, _AES, 4, 8, 4, 0, "aes-ctr"),
+        EncrInfo(EncrId.ENCR_AES_CTR, CipherKind.CIPHER, _AES, 4, 8, 4, 0, "aes-ctr", counter=True),
         EncrInfo(EncrId.ENCR_AES_CCM_8, CipherKind.AEAD, _AES, 3, 8, 4, 8, "aes-ccm"),
         EncrInfo(EncrId.ENCR_AES_CCM_12, CipherKind.AEAD, _AES, 3, 8, 4, 12, "aes-ccm"),
         EncrInfo(EncrId.ENCR_AES_CCM_16, CipherKind.AEAD, _AES, 3, 8, 4, 16, "aes-ccm"),
@@ -141,3 +148,87 @@ AH_GMAC_INFO: dict[IntegId, IntegInfo] = {
 }
 GMAC_SALT_BYTES = 4
 GMAC_IV_BYTES = 8
+
+
+# -- transforms added by plugins ---------------------------------------------------------------
+#: Transform ids 1024..65535 are for private use (RFC 7296 3.3.2); below that, IANA assigns them.
+PRIVATE_USE_MIN = 1024
+TRANSFORM_ID_MAX = 0xFFFF
+
+
+class PluginEncrId(int):
+    """The id of an ENCR transform a plugin registered: compares and hashes as its number, and
+    has a `name` like an `EncrId` member.  It carries what the core needs to drive it:
+    `info` (the `EncrInfo`), `transform` (the `EncrTransform` as registered) and `plugin`."""
+
+    name: str
+    info: "EncrInfo"
+    transform: "EncrTransform"
+    plugin: str
+
+    def __new__(cls, value: int, name: str = "", *, transform: "EncrTransform | None" = None,
+                plugin: str = "", info: "EncrInfo | None" = None) -> "PluginEncrId":
+        self = super().__new__(cls, value)
+        self.name = name
+        self.transform = transform
+        self.plugin = plugin
+        if info is not None:
+            self.info = info
+        return self
+
+    @property
+    def value(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: {int(self)} from {self.plugin}>"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class EncrTransform:
+    """An ESP encryption transform a plugin adds (`ipsec_register_transforms`).
+
+    id:          IANA "Transform Type 1" number (e.g. 23 for ENCR_CAMELLIA_CBC), or 1024..65535
+                 for private use.  Must not be a built-in one or another plugin's.
+    name:        the IANA-style name, "ENCR_CAMELLIA_CBC".
+    keywords:    strongSwan-style proposal keyword -> key size in bits, e.g.
+                 {"camellia128": 128, "camellia": 128, "camellia256": 256}.  The first keyword
+                 of each size is the one written back.  Lower-case letters, digits and '_'.
+    kind:        "aead" (combined mode: the backend's Aead does encryption and ICV) or
+                 "cipher" (integrity from a separate INTEG transform, e.g. -sha256).
+    family:      the primitive family a backend must offer (a new name, or a built-in one).
+    key_bits:    the key sizes, in bits (salt excluded).
+    iv_bytes:    explicit IV in each packet: 8 for AEADs and counter modes (the core puts the
+                 64-bit sequence number there), the block size for CBC-like ciphers (random).
+    block_bytes: payload alignment: 4 for AEADs and counter modes, the block size for CBC.
+    salt_bytes:  keying material after the key (AEAD nonce = salt || IV; counter modes 4).
+    icv_bytes:   AEAD tag length on the wire (0 for ciphers).
+    counter:     cipher only: RFC 3686 layout, counter block = salt || IV || 00000001.
+    vectors:     known-answer vectors at the primitive level, required: mappings (hex strings
+                 or bytes) with "id", "key" and, for ciphers, "iv" (for counter modes the whole
+                 counter block), "plaintext", "ciphertext"; for AEADs "nonce", "aad",
+                 "plaintext", "ciphertext", "tag" and optionally "valid": false (decrypt must
+                 reject it).  Or `ipsec_core.crypto.selftest` cases.  Every key size needs one.
+    description: one line for listings ("Camellia-CBC, RFC 4312").
+    """
+
+    id: int
+    name: str
+    keywords: Mapping[str, int]
+    kind: str
+    family: str
+    key_bits: tuple[int, ...]
+    iv_bytes: int
+    block_bytes: int
+    salt_bytes: int = 0
+    icv_bytes: int = 0
+    counter: bool = False
+    vectors: Sequence[Any] = field(default=(), repr=False)
+    description: str = ""
+
+    def canonical_keyword(self, key_bits: int) -> str:
+        """The keyword written back for `key_bits` (the first one given for that size)."""
+        return next(k for k, bits in self.keywords.items() if bits == key_bits)

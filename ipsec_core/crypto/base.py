@@ -24,6 +24,16 @@ aes-xcbc            MAC     AES-XCBC-MAC (RFC 3566), 16-byte key, full 16-byte o
 aes-cmac            MAC     AES-CMAC (RFC 4493), 16/24/32-byte key, full 16-byte output
 ==================  ======  ==============================================================
 
+Plugins may add families (hook `ipsec_register_transforms`): a new ESP transform names the
+family its backend must implement and its kind, and the family is then accepted by `Feature`.
+Its contract is the generic one of its kind (below) plus what the transform states: an AEAD
+family takes the transform's key sizes, a nonce of salt + 8 bytes and a tag of the transform's
+ICV length; a cipher family takes an IV of the transform's IV length (for a counter transform,
+the whole 16-byte initial counter block, incremented as a 128-bit big-endian integer per block,
+as for aes-ctr) and, unless it is a counter mode, data a multiple of the transform's block size.
+`FAMILY_KIND` stays the table of the built-in families above; `family_kind` and
+`known_families` answer for both.
+
 `Aead.encrypt` returns ciphertext || tag.  `Aead.decrypt` takes ciphertext || tag and raises
 `ipsec_core.errors.AuthenticationError` when the tag does not verify (and returns nothing then).
 
@@ -41,6 +51,7 @@ batch (see `ipsec_core.esp_offload`); everything else about the packets stays in
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Iterable, Protocol, runtime_checkable
 
@@ -66,6 +77,37 @@ FAMILY_KIND: dict[str, FeatureKind] = {
 }
 
 
+#: Families added by plugin transforms (see `register_family`).  Names only map to a kind, so a
+#: family registered by one registry instance is harmless to another: offering it still takes a
+#: backend that declares it and passes the transform's vectors.
+_PLUGIN_FAMILY_KIND: dict[str, FeatureKind] = {}
+
+
+def family_kind(family: str) -> FeatureKind | None:
+    """The kind of a built-in or plugin-registered family, or None when it is unknown."""
+    return FAMILY_KIND.get(family) or _PLUGIN_FAMILY_KIND.get(family)
+
+
+def known_families() -> list[str]:
+    """Every family `Feature` accepts: the built-in ones, then those plugins registered."""
+    return list(FAMILY_KIND) + [f for f in _PLUGIN_FAMILY_KIND if f not in FAMILY_KIND]
+
+
+def register_family(family: str, kind: FeatureKind | str) -> None:
+    """Accept `family` in `Feature` from now on (called by the registry for plugin transforms).
+
+    Raises ValueError when the name is malformed or already known with another kind.
+    """
+    kind = FeatureKind(kind)
+    if not isinstance(family, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", family):
+        raise ValueError(f"family name {family!r} must be lower-case letters, digits, '-', '_' or '.'")
+    known = family_kind(family)
+    if known is not None and known is not kind:
+        raise ValueError(f"family {family!r} is already known as {known.value}, not {kind.value}")
+    if known is None:
+        _PLUGIN_FAMILY_KIND[family] = kind
+
+
 @dataclass(frozen=True, slots=True)
 class Feature:
     """One primitive a backend offers: a family and the key sizes (bits) it takes.
@@ -80,12 +122,13 @@ class Feature:
     tag_bytes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILY_KIND:
-            raise ValueError(f"unknown primitive family {self.family!r}; known: {sorted(FAMILY_KIND)}")
+        if family_kind(self.family) is None:
+            raise ValueError(f"unknown primitive family {self.family!r}; known: "
+                             f"{sorted(known_families())} (a plugin adds one with a transform)")
 
     @property
     def kind(self) -> FeatureKind:
-        return FAMILY_KIND[self.family]
+        return family_kind(self.family)
 
     def accepts(self, key_bits: int | None) -> bool:
         return not self.key_bits or key_bits is None or key_bits in self.key_bits

@@ -29,6 +29,10 @@ What is covered, and what is left out on purpose (each family's contract is in `
 
 Every valid AEAD case also flips one bit of the tag, and one of the ciphertext, and expects
 `AuthenticationError` each time.
+
+Plugin transforms bring their own vectors (`EncrTransform.vectors`, turned into cases by
+`cases_from_vectors`); `iter_cases`, `quick_check` and `run_all` take them from a transform
+catalogue (`catalog=`, by default the process-wide registry's), so `ipsec selftest` runs them too.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ipsec_core.crypto.base import Backend, Feature
 from ipsec_core.errors import AuthenticationError
@@ -468,13 +472,32 @@ _BUILDERS: dict[str, tuple[Callable[[], tuple[VectorCase, ...]], ...]] = {
 }
 
 
-def iter_cases(family: str | None = None) -> Iterator[VectorCase]:
-    """Every packaged known-answer case, or those of one family.  Files are parsed on first use."""
-    if family is not None and family not in _BUILDERS:
-        raise ValueError(f"no vectors for family {family!r}; known: {sorted(_BUILDERS)}")
-    for fam in (family,) if family else _BUILDERS:
-        for build in _BUILDERS[fam]:
+def _default_catalog(catalog):
+    """The transform catalogue to take plugin vectors from: the one given, else the process-wide
+    registry's (loaded on first use)."""
+    if catalog is not None:
+        return catalog
+    from ipsec_core.crypto.registry import get_registry
+
+    return get_registry().transforms
+
+
+def iter_cases(family: str | None = None, *, catalog=None) -> Iterator[VectorCase]:
+    """Every known-answer case, or those of one family: the packaged ones (files parsed on first
+    use), then those of plugin transforms in `catalog` (default: the process-wide registry's)."""
+    catalog = _default_catalog(catalog)
+    plugin_families = catalog.families()
+    if family is not None and family not in _BUILDERS and family not in plugin_families:
+        known = sorted(set(_BUILDERS) | set(plugin_families))
+        raise ValueError(f"no vectors for family {family!r}; known: {known}")
+    if family:
+        families = [family]
+    else:
+        families = list(_BUILDERS) + [f for f in plugin_families if f not in _BUILDERS]
+    for fam in families:
+        for build in _BUILDERS.get(fam, ()):
             yield from build()
+        yield from catalog.cases(fam)
 
 
 # -- the quick check at registration ----------------------------------------------------------
@@ -532,17 +555,23 @@ def _quick_cases(family: str, key_bits: int | None) -> tuple[VectorCase, ...]:
     return tuple(p for p in picks if p is not None)
 
 
-def quick_check(backend: Backend, feature: Feature) -> list[str]:
+def quick_check(backend: Backend, feature: Feature, *, catalog=None) -> list[str]:
     """Run a few tiny known-answer cases for each key size of `feature`; return the failures,
     one line per failing key size (its first failing case, and how many more failed).
 
     Called by the registry when a backend registers; an empty list means the feature is offered.
     A key size with no vector to check it is a failure too: nothing untested is offered.
+    A plugin family is checked with every vector its transforms brought (they are few), taken
+    from `catalog` (default: the process-wide registry's).
     """
     failures = []
     sizes: tuple[int | None, ...] = feature.key_bits or (None,)
     for key_bits in sizes:
-        cases = _quick_cases(feature.family, key_bits)
+        if feature.family in _BUILDERS:
+            cases = _quick_cases(feature.family, key_bits)
+        else:
+            cases = tuple(c for c in _default_catalog(catalog).cases(feature.family)
+                          if c.key_bits == key_bits or key_bits is None)
         cases = tuple(c for c in cases if feature.accepts_tag(getattr(c, "tag_bytes", None)))
         if not cases:
             what = f"{key_bits}-bit keys" if key_bits else "any key"
@@ -573,8 +602,9 @@ def offers(features: Iterable[Feature], case: VectorCase) -> bool:
                for f in features)
 
 
-def run_all(backend: Backend, family: str | None = None) -> list[Result]:
-    """Every packaged case the backend can be asked to compute (by its declared features).
+def run_all(backend: Backend, family: str | None = None, *, catalog=None) -> list[Result]:
+    """Every packaged case (and every plugin transform's, from `catalog`) the backend can be
+    asked to compute (by its declared features).
 
     Declared, not only offered: a feature that failed its quick check at registration still gets
     the full run, so `ipsec selftest` shows everything that is wrong with it.  Cases for families
@@ -582,7 +612,7 @@ def run_all(backend: Backend, family: str | None = None) -> list[Result]:
     """
     features = list(backend.features())
     results = []
-    for case in iter_cases(family):
+    for case in iter_cases(family, catalog=catalog):
         if not offers(features, case):
             continue
         why = case.run(backend)
@@ -590,5 +620,79 @@ def run_all(backend: Backend, family: str | None = None) -> list[Result]:
     return results
 
 
-__all__ = ["AeadCase", "CipherCase", "MacCase", "Result", "VectorCase", "iter_cases",
-           "load_vector_file", "offers", "quick_check", "run_all", "MAC_DIGEST_BYTES"]
+# -- vectors brought by plugin transforms -----------------------------------------------------
+def _vector_bytes(vector: Mapping[str, Any], name: str, where: str, *, default: bytes | None = None) -> bytes:
+    value = vector.get(name)
+    if value is None:
+        if default is not None:
+            return default
+        raise ValueError(f"{where}: missing {name!r}")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        text = "".join(value.split()).replace(":", "").lower().removeprefix("0x")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"{where}: {name!r} is not hex: {value[:40]!r}") from None
+    raise ValueError(f"{where}: {name!r} must be a hex string or bytes, not {type(value).__name__}")
+
+
+def cases_from_vectors(vectors: Sequence[Any], *, family: str, kind: str,
+                       source: str) -> tuple[VectorCase, ...]:
+    """A plugin transform's known-answer vectors as cases of `family`.
+
+    Each vector is a `VectorCase` of that family, or a mapping with hex strings (or bytes):
+    "id" and "key" always; for kind "cipher" "iv", "plaintext", "ciphertext" (valid cases only:
+    a cipher has nothing to reject); for kind "aead" "nonce", "aad" (default empty),
+    "plaintext", "ciphertext" (without the tag), "tag", and "valid" (default true; an invalid
+    case must be rejected by `decrypt`).  Raises ValueError naming the vector that is wrong.
+    """
+    if isinstance(vectors, (str, bytes, Mapping)) or not isinstance(vectors, Iterable):
+        raise ValueError("vectors must be a list of vectors")
+    out: list[VectorCase] = []
+    for number, vector in enumerate(vectors, start=1):
+        where = f"vector {number}"
+        if isinstance(vector, VectorCase):
+            if vector.family != family:
+                raise ValueError(f"{where} ({vector.id}) is for {vector.family}, not {family}")
+            out.append(vector)
+            continue
+        if not isinstance(vector, Mapping):
+            raise ValueError(f"{where} is a {type(vector).__name__}, not a mapping or a VectorCase")
+        case_id = vector.get("id")
+        if not isinstance(case_id, str) or not case_id:
+            raise ValueError(f"{where} has no 'id' (name its source, e.g. 'rfc5528-tv1')")
+        where = f"vector {case_id!r}"
+        valid = vector.get("valid", True)
+        if not isinstance(valid, bool):
+            raise ValueError(f"{where}: 'valid' must be true or false")
+        key = _vector_bytes(vector, "key", where)
+        common = dict(id=case_id, family=family, key_bits=8 * len(key), source=source, valid=valid,
+                      key=key)
+        if kind == "cipher":
+            if not valid:
+                raise ValueError(f"{where}: a cipher vector cannot be invalid (nothing to reject)")
+            out.append(CipherCase(iv=_vector_bytes(vector, "iv", where),
+                                  plaintext=_vector_bytes(vector, "plaintext", where),
+                                  ciphertext=_vector_bytes(vector, "ciphertext", where), **common))
+        elif kind == "aead":
+            tag = _vector_bytes(vector, "tag", where)
+            if not tag:
+                raise ValueError(f"{where}: empty tag")
+            out.append(AeadCase(nonce=_vector_bytes(vector, "nonce", where),
+                                aad=_vector_bytes(vector, "aad", where, default=b""),
+                                plaintext=_vector_bytes(vector, "plaintext", where, default=b""),
+                                ciphertext=_vector_bytes(vector, "ciphertext", where, default=b""),
+                                tag=tag, tag_bytes=len(tag), **common))
+        else:
+            raise ValueError(f"vectors of kind {kind!r} are not supported (aead or cipher)")
+    ids = [c.id for c in out]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup is not None:
+        raise ValueError(f"vector id {dup!r} is used twice")
+    return tuple(out)
+
+
+__all__ = ["AeadCase", "CipherCase", "MacCase", "Result", "VectorCase", "cases_from_vectors",
+           "iter_cases", "load_vector_file", "offers", "quick_check", "run_all", "MAC_DIGEST_BYTES"]
