@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from ipsec_core.errors import BackendError
 from ipsec_core.keywords import parse_esp
 from ipsec_core.packet.ip import IPPROTO_UDP, build_ipv4
 from ipsec_core.sa import Direction, Mode, SaConfig, SecurityAssociation
@@ -62,19 +63,47 @@ def make_packets(size: int, count: int) -> list[bytes]:
 
 def sa_pair(proposal: str, *, backend: str | None, mode: str = "tunnel", esn: bool = False,
             registry=None) -> tuple[SecurityAssociation, Callable[[], SecurityAssociation]]:
-    """An outbound SA and a factory of fresh matching inbound SAs (empty replay window)."""
-    prop = parse_esp(proposal + ("-esn" if esn and "esn" not in proposal else ""))
+    """An outbound SA and a factory of fresh matching inbound SAs (empty replay window).
+
+    A named backend that has the cipher but not the proposal's integrity algorithm (a plugin
+    such as ipsec-camellia) computes the cipher, and the default choice the MAC
+    (`Registry.preferring`); the record's `backend_names` says which backend bound what."""
+    from ipsec_core.crypto.registry import get_registry
+
+    registry = registry or get_registry()
+    prop = parse_esp(proposal + ("-esn" if esn and "esn" not in proposal else ""),
+                     catalog=registry.transforms)
     key = os.urandom(prop.enc_key_bytes) if prop.key_bits else b""
     integ = os.urandom(prop.integ_info.key_bytes) if prop.integ_info else b""
+    split = backend is not None and _lacks_integrity(registry, backend, prop)
     common = dict(spi=0xC0FFEE01, mode=Mode(mode), proposal=prop, enc_key=key, integ_key=integ,
-                  backend=backend, replay_window=128)
-    out = SecurityAssociation(SaConfig(name="perf-out", direction=Direction.OUT, local=LOCAL,
-                                       remote=REMOTE, **common), registry=registry)
+                  backend=None if split else backend, replay_window=128)
+
+    def install(config: SaConfig) -> SecurityAssociation:
+        if not split:
+            return SecurityAssociation(config, registry=registry)
+        with registry.preferring(backend):
+            sa = SecurityAssociation(config, registry=registry)
+        if sa.engine.backend_names.split(",")[0] != backend:
+            raise BackendError(f"backend {backend!r} does not offer {prop.keyword}")
+        return sa
+
+    out = install(SaConfig(name="perf-out", direction=Direction.OUT, local=LOCAL, remote=REMOTE,
+                           **common))
 
     def inbound() -> SecurityAssociation:
-        return SecurityAssociation(SaConfig(name="perf-in", direction=Direction.IN, local=REMOTE,
-                                            remote=LOCAL, **common), registry=registry)
+        return install(SaConfig(name="perf-in", direction=Direction.IN, local=REMOTE,
+                                remote=LOCAL, **common))
     return out, inbound
+
+
+def _lacks_integrity(registry, backend: str, prop) -> bool:
+    integ = prop.integ_info
+    if integ is None or prop.encr_info.kind is CipherKind.NULL:
+        return False
+    record = registry.get(backend)
+    bits = None if integ.family.startswith("hmac") else integ.key_bytes * 8
+    return record.available and not record.offers(integ.family, bits)
 
 
 def bare_call(sa: SecurityAssociation, size: int, direction: str) -> tuple[Callable, tuple]:
@@ -102,10 +131,11 @@ def bare_call(sa: SecurityAssociation, size: int, direction: str) -> tuple[Calla
     if eng.kind is CipherKind.NULL:
         return mac, (aad + pt,)
     cipher = eng.cipher
+    start = eng.salt + iv + b"\0\0\0\1" if eng.ctr else iv   # counter modes: the counter block
     if direction == "protect":
-        return (lambda: mac(aad + iv + cipher.encrypt(iv, pt))), ()
-    ct = cipher.encrypt(iv, pt)
-    return (lambda: (mac(aad + iv + ct), cipher.decrypt(iv, ct))), ()
+        return (lambda: mac(aad + iv + cipher.encrypt(start, pt))), ()
+    ct = cipher.encrypt(start, pt)
+    return (lambda: (mac(aad + iv + ct), cipher.decrypt(start, ct))), ()
 
 
 def _time_bare(call: tuple[Callable, tuple], count: int) -> float:

@@ -12,6 +12,7 @@ import typer
 from ipsec_core.cli import backends as _backends
 from ipsec_core.cli import pcap as _pcap
 from ipsec_core.cli import perf as _perf
+from ipsec_core.cli import plugins as _plugins
 from ipsec_core.cli import wireshark as _wireshark
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.command("selftest")(_backends.selftest)
 app.add_typer(_pcap.app, name="pcap")
 app.command("wireshark-keys")(_wireshark.wireshark_keys)
 app.command("perf")(_perf.perf)
+app.command("plugins")(_plugins.plugins)
 
 
 def main() -> None:

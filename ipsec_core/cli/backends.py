@@ -1,7 +1,8 @@
 """`ipsec backends` and `ipsec selftest`: what the crypto registry holds, and the vector run.
 
 Owns: the JSON shapes of both commands (`backends`: a list of objects with name, available,
-reason, algorithms; `selftest`: an object with passed, failed, results).
+reason, algorithms, and `default_for`: the algorithms an SA naming no backend gets from it;
+`selftest`: an object with passed, failed, results).
 Must not: test or select anything itself: the registry and `ipsec_core.crypto.selftest` do.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from ipsec_core.cli._common import EXIT_ERROR, console, fail, handle_errors, print_json, warn
+from ipsec_core.crypto.base import FAMILY_KIND
 from ipsec_core.keywords import esp_keywords_for, parse_esp
 
 
@@ -63,7 +65,34 @@ def _product(values) -> int:
     return out
 
 
-def backend_json(record) -> dict:
+def default_choices(registry) -> list[dict]:
+    """For every ESP algorithm (plugin transforms included): the backend an SA that names none
+    gets (the registry's choice, `ipsec_choose_backend` hooks included), or why there is none."""
+    from ipsec_core.errors import IpsecError
+    from ipsec_core.keywords import _INTEG_NAME, _encr_name
+    from ipsec_core.transforms import ENCR_INFO, INTEG_INFO, CipherKind
+
+    wanted = []
+    infos = [i for i in ENCR_INFO.values() if i.kind is not CipherKind.NULL]
+    infos += [t.info for t in registry.transforms if t.usable]
+    for info in infos:
+        tag = info.icv_bytes if info.kind in (CipherKind.AEAD, CipherKind.GMAC) else None
+        wanted += [(_encr_name(info.id, bits), info.family, bits, tag) for bits in info.key_bits]
+    for integ in INTEG_INFO.values():
+        bits = None if integ.family.startswith("hmac") else integ.key_bytes * 8
+        wanted.append((_INTEG_NAME[integ.id], integ.family, bits, None))
+    rows = []
+    for keyword, family, bits, tag in wanted:
+        try:
+            name, reason = registry.select(family, bits, tag_bytes=tag).name, None
+        except IpsecError as exc:
+            name, reason = None, str(exc)
+        rows.append({"algorithm": keyword, "family": family, "key_bits": bits, "backend": name,
+                     "reason": reason})
+    return rows
+
+
+def backend_json(record, choices: list[dict] | None = None) -> dict:
     return {
         "name": record.name,
         "available": record.available,
@@ -74,6 +103,7 @@ def backend_json(record) -> dict:
         "description": record.backend.description,
         "features": [str(f) for f in record.features],
         "failed": dict(record.failed),
+        "default_for": [c["algorithm"] for c in choices or () if c["backend"] == record.name],
     }
 
 
@@ -90,10 +120,11 @@ def backends(
     """
     registry = _registry()
     for problem in registry.problems:
-        warn(f"plugin {problem.plugin}: {problem.reason}")
+        warn(str(problem))
     records = _records(registry)
+    choices = default_choices(registry)
     if as_json:
-        print_json([backend_json(r) for r in records])
+        print_json([backend_json(r, choices) for r in records])
         return
     from rich.markup import escape
     from rich.table import Table
@@ -116,7 +147,20 @@ def backends(
                                       for k, v in r.failed.items())
         status += f"\n[dim]plugin {escape(r.plugin)}[/]"
         table.add_row(escape(r.name), str(r.backend.priority), status, algs)
-    console().print(table)
+    out = console()
+    out.print(table)
+    chosen = Table(title="Default choice: the backend each algorithm gets when an SA names none")
+    chosen.add_column("backend", style="bold", no_wrap=True)
+    chosen.add_column("ESP algorithms", ratio=1, overflow="fold")
+    by_backend: dict[str, list[str]] = {}
+    for c in choices:
+        by_backend.setdefault(c["backend"] or "", []).append(c["algorithm"])
+    for r in records:
+        if r.name in by_backend:
+            chosen.add_row(escape(r.name), escape(compact_keywords(by_backend[r.name])))
+    if "" in by_backend:
+        chosen.add_row("[red]none[/]", escape(compact_keywords(by_backend[""])))
+    out.print(chosen)
 
 
 @handle_errors
@@ -133,12 +177,12 @@ def selftest(
     Exits non-zero when any vector fails.  Unavailable backends are skipped (listed as such);
     naming an unavailable one with --backend is an error.
     """
-    from ipsec_core.crypto.base import FAMILY_KIND
     from ipsec_core.crypto.selftest import run_all
 
-    if family is not None and family not in FAMILY_KIND:
-        fail(f"unknown family {family!r}; known: {', '.join(sorted(FAMILY_KIND))}")
     registry = _registry()
+    families = list(FAMILY_KIND) + [f for f in registry.transforms.families() if f not in FAMILY_KIND]
+    if family is not None and family not in families:
+        fail(f"unknown family {family!r}; known: {', '.join(sorted(families))}")
     if backend is not None:
         record = registry.get(backend)          # BackendError names the installed ones
         if not record.available:
