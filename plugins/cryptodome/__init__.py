@@ -5,16 +5,23 @@ Owns: driving pycryptodome's cipher objects and mapping its "MAC check failed" `
 Must not: hold protocol rules (nonce layout, ICV truncation on the wire, padding, sequence
 numbers): those live in the core.  See `ipsec_core.crypto.base` for each family's contract.
 
-pycryptodome binds the nonce when a cipher object is created, so GCM, CCM, ChaCha20-Poly1305, CBC
-and CTR need a new object per message; the per-SA object keeps only the key and the module.
-HMAC and CMAC are also built per message: measured, `new()` is faster than `copy()` of a keyed
-object in pycryptodome (its copy is implemented in Python).
+pycryptodome binds the nonce when a cipher object is created, and creating one costs far more
+than the work on a packet (about 30 us for GCM here).  So by default (`fast=True`) the primitives
+are the per-SA objects of `._fast`: a reusable ECB object for counter-mode key streams and CBC
+decryption, one CBC object chained across messages for CBC encryption and the CBC-MACs, the C
+GHASH of pycryptodome on tables expanded once (a private interface, checked at probe time; when it
+is missing or disagrees, AES-GCM keeps the per-message path below and a warning says why), hash
+objects keyed once for HMAC.  The per-message classes below are the plain public use, kept as that
+fallback, for what the fast paths do not take (other nonce sizes, messages over 64 KiB), and as
+`CryptodomeBackend(fast=False)` for comparison.
 """
 from __future__ import annotations
 
 from ipsec_core import hookimpl
 from ipsec_core.crypto.base import Backend, Feature
 from ipsec_core.errors import AuthenticationError
+
+from . import _fast
 
 _AES_KEY_BITS = (128, 192, 256)
 _AEAD_TAGS = (8, 12, 16)
@@ -196,6 +203,9 @@ class CryptodomeBackend(Backend):
     priority = 200
     description = "pycryptodome (package Crypto)"
 
+    def __init__(self, *, fast: bool = True):
+        self.fast = fast
+
     def probe(self) -> str | None:
         try:
             from Crypto.Cipher import AES
@@ -206,6 +216,8 @@ class CryptodomeBackend(Backend):
             return f"pycryptodome is not importable ({exc}); pip install 'pycryptodome>=3.19'"
         except Exception as exc:
             return f"pycryptodome cannot do AES-GCM ({exc.__class__.__name__}: {exc})"
+        if self.fast:
+            _fast.ghash_support()        # checks the private GHASH once; logs when it falls back
         return None
 
     def features(self):
@@ -233,17 +245,22 @@ class CryptodomeBackend(Backend):
                 if tag_bytes not in _AEAD_TAGS or nonce_bytes != 12:
                     raise ValueError(f"aes-gcm takes tag 8/12/16 and nonce 12 bytes, "
                                      f"not tag {tag_bytes} / nonce {nonce_bytes}")
-                return _Gcm(AES, key, tag_bytes)
+                public = _Gcm(AES, key, tag_bytes)
+                ghash = _fast.ghash_support()[0] if self.fast else None
+                return _fast.FastGcm(AES, key, tag_bytes, ghash, public) if ghash else public
             if tag_bytes not in _AEAD_TAGS or not 7 <= nonce_bytes <= 13:
                 raise ValueError(f"aes-ccm takes tag 8/12/16 and nonce 7..13 bytes, "
                                  f"not tag {tag_bytes} / nonce {nonce_bytes}")
-            return _Ccm(AES, key, tag_bytes)
+            public = _Ccm(AES, key, tag_bytes)
+            return _fast.FastCcm(AES, key, tag_bytes, public) if self.fast else public
         if family == "chacha20-poly1305":
-            from Crypto.Cipher import ChaCha20_Poly1305
+            from Crypto.Cipher import ChaCha20, ChaCha20_Poly1305
+            from Crypto.Hash import Poly1305
 
             if len(key) != 32 or tag_bytes != 16 or nonce_bytes != 12:
                 raise ValueError("chacha20-poly1305 takes a 32-byte key, tag 16 and nonce 12 bytes")
-            return _ChaCha(ChaCha20_Poly1305, key)
+            public = _ChaCha(ChaCha20_Poly1305, key)
+            return _fast.FastChaCha(ChaCha20, Poly1305, key, public) if self.fast else public
         return super().aead(family, key, tag_bytes=tag_bytes, nonce_bytes=nonce_bytes)
 
     def cipher(self, family: str, key: bytes):
@@ -251,7 +268,11 @@ class CryptodomeBackend(Backend):
             from Crypto.Cipher import AES
 
             _aes_key(key)
-            return _Cbc(AES, key) if family == "aes-cbc" else _Ctr(AES, key)
+            if family == "aes-cbc":
+                public = _Cbc(AES, key)
+                return _fast.FastCbc(AES, key, public) if self.fast else public
+            public = _Ctr(AES, key)
+            return _fast.FastCtr(AES, key, public) if self.fast else public
         return super().cipher(family, key)
 
     _HASHES = {"hmac-sha1": "SHA1", "hmac-sha256": "SHA256",
@@ -264,17 +285,17 @@ class CryptodomeBackend(Backend):
             from Crypto.Hash import HMAC
 
             hash_module = importlib.import_module(f"Crypto.Hash.{self._HASHES[family]}")
-            return _Hmac(HMAC, hash_module, key)
+            return _fast.CopiedHmac(hash_module, key) if self.fast else _Hmac(HMAC, hash_module, key)
         if family == "aes-cmac":
             from Crypto.Cipher import AES
             from Crypto.Hash import CMAC
 
             _aes_key(key)
-            return _Cmac(CMAC, AES, key)
+            return _fast.ChainedCmac(AES, key) if self.fast else _Cmac(CMAC, AES, key)
         if family == "aes-xcbc":
             from Crypto.Cipher import AES
 
-            return _Xcbc(AES, key)
+            return _fast.ChainedXcbc(AES, key) if self.fast else _Xcbc(AES, key)
         return super().mac(family, key)
 
 
