@@ -54,10 +54,11 @@ def ipsec_spi_and_destination(packet: bytes, udp_ports=frozenset({4500})) -> tup
     PacketDropped.  AH is found after the IPv4 header or the IPv6 extension headers that
     precede it; anything else goes through `esp_spi_and_destination`."""
     version = packet[0] >> 4 if packet else 0
+    split = ipv6_split(packet) if version == 6 and len(packet) >= IPV6_HEADER_BYTES else None
     if version == 4 and len(packet) >= 20 and packet[9] == IPPROTO_AH:
         start, end, dst = ipv4_header_len(packet), (packet[2] << 8) | packet[3], packet[16:20]
-    elif version == 6 and len(packet) >= IPV6_HEADER_BYTES and ipv6_split(packet)[2] == IPPROTO_AH:
-        start, end, dst = ipv6_split(packet)[0], len(packet), packet[24:40]
+    elif split is not None and split[2] == IPPROTO_AH:
+        start, end, dst = split[0], len(packet), packet[24:40]
     else:
         spi, dst = esp_spi_and_destination(packet, udp_ports)
         return spi, "esp", dst

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from ipsec_core.errors import ConfigError, DropReason, PacketDropped
-from ipsec_core.packet.ip import IPV6_HEADER_BYTES, ipv4_header_len, ipv6_split
+from ipsec_core.packet.ip import IPPROTO_FRAGMENT, IPV6_HEADER_BYTES, ipv4_header_len, ipv6_headers
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PORT_PROTOCOLS = {6, 17, 132, 136}   # TCP, UDP, SCTP, UDP-Lite
@@ -44,8 +44,13 @@ class PacketSelector:
         elif version == 6:
             if len(packet) < IPV6_HEADER_BYTES:
                 raise PacketDropped(DropReason.MALFORMED, "truncated IPv6 header")
-            start, _, proto = ipv6_split(packet)
-            src, dst, fragment_offset = packet[8:24], packet[24:40], 0
+            # The next layer protocol comes after every extension header (RFC 4301 4.4.1.1),
+            # destination options for the final destination included.
+            chain = ipv6_headers(packet)
+            proto, start, _ = chain[-1]
+            src, dst = packet[8:24], packet[24:40]
+            fragment_offset = next((((packet[off + 2] << 8) | packet[off + 3]) & 0xFFF8
+                                    for p, off, _ in chain[:-1] if p == IPPROTO_FRAGMENT), 0)
         else:
             raise PacketDropped(DropReason.MALFORMED, f"IP version {version}")
         sport = dport = None

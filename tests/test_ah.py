@@ -100,11 +100,10 @@ def make_ah(keyword: str, direction: Direction, *, mode: Mode = Mode.TRANSPORT, 
     prop = parse_ah(keyword)
     key = _material(f"ah/{prop.keyword}", prop.integ_info.key_bytes) if key is None else key
     tunnel = mode == Mode.TUNNEL
-    src, dst = (OURS, PEER) if direction == Direction.OUT else (OURS, PEER)
     config = SaConfig(name=f"{direction.value}-{keyword}", spi=SPI, direction=direction, mode=mode,
                       proposal=prop, integ_key=key, protocol="ah", backend=backend,
-                      local=ipaddress.ip_address(src[outer]) if tunnel else None,
-                      remote=ipaddress.ip_address(dst[outer]) if tunnel else None,
+                      local=ipaddress.ip_address(OURS[outer]) if tunnel else None,
+                      remote=ipaddress.ip_address(PEER[outer]) if tunnel else None,
                       replay_window=replay_window, **kw)
     return SecurityAssociation(config, registry=REGISTRY)
 
@@ -294,10 +293,8 @@ def test_we_unprotect_what_scapy_protects(keyword, layout, esn, backend):
         if layout.packet == "v6-routing":
             wire = route(wire)
         got = pair.inb.unprotect(wire)
-        if layout.mode == Mode.TUNNEL:
-            assert got == raw(inner)
-        elif layout.packet == "v6-routing":
-            assert got == route(raw(inner)) or IPv6(got)[UDP].load == b"r" * 17
+        if layout.packet == "v6-routing":
+            assert got == route(raw(inner))      # the header as the routers left it
         else:
             assert got == raw(inner)
         assert pair.inb.replay.top == seq
@@ -435,11 +432,9 @@ def test_ipv4_source_route_uses_final_destination():
     out, inb = make_ah_pair("sha256")
     wire = out.protect(raw(pkt))
     ihl = (wire[0] & 15) * 4
-    head = _zeroed_v4_header(wire[:20]) + bytes(ihl - 20)     # options: LSRR zeroed (and NOP pad)
-    head = bytearray(head)
+    assert wire[20] == 131 and wire[20 + wire[21]:ihl] == bytes(ihl - 20 - wire[21])  # LSRR, EOL pad
+    head = _zeroed_v4_header(wire) + bytes(ihl - 20)           # the LSRR option zeroed whole
     head[16:20] = bytes([198, 51, 100, 20])                    # the final destination
-    head[20:ihl] = bytes(ihl - 20) if wire[20] == 131 else head[20:ihl]
-    assert wire[20] == 131                                     # LSRR first, then EOL padding
     ah = wire[ihl:ihl + 28]
     data = bytes(head) + ah[:12] + bytes(16) + wire[ihl + 28:]
     want = hmac.new(out.config.integ_key, data, hashlib.sha256).digest()[:16]
@@ -700,8 +695,8 @@ def test_sa_file_with_ah(tmp_path):
     a, b = load_sa_file(path)
     assert a.protocol == "ah" and a.proposal.keyword == "sha256" and a.integ_key == b"\x11" * 32
     assert b.proposal.keyword == "aes256gmac-esn" and b.esn and len(b.integ_key) == 36
-    SecurityAssociation(a, registry=REGISTRY)
-    assert "aesni" in repr(SecurityAssociation(b, registry=REGISTRY)) or BACKENDS
+    assert "sha256" in repr(SecurityAssociation(a, registry=REGISTRY))
+    assert "aes256gmac-esn" in repr(SecurityAssociation(b, registry=REGISTRY))
 
 
 @pytest.mark.parametrize(("change", "key", "message"), [
@@ -725,10 +720,12 @@ def test_ah_config_errors_name_file_and_key(change, key, message):
     assert message in str(exc.value)
 
 
-def test_esp_proposal_objects_refused_for_ah():
+def test_proposal_objects_must_match_the_protocol():
+    ah_cfg = make_ah("sha256", Direction.OUT).config
     with pytest.raises(ConfigError, match="is an ESP proposal"):
-        make_ah("sha256", Direction.OUT).__class__(dataclasses.replace(
-            make_ah("sha256", Direction.OUT).config, proposal=parse_esp("aes128gcm16")))
+        SecurityAssociation(dataclasses.replace(ah_cfg, proposal=parse_esp("aes128gcm16")))
+    with pytest.raises(ConfigError, match="is an AH proposal"):
+        SecurityAssociation(dataclasses.replace(ah_cfg, protocol="esp"))
 
 
 def test_sad_finds_ah_sas():

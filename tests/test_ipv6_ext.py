@@ -279,3 +279,17 @@ def test_unpredictable_routing_header_refused():
         _icv_copy(wire)
     with pytest.raises(PacketDropped, match="not the final destination"):
         _icv_copy(wire, outbound=False)
+
+
+def test_spd_selector_looks_past_every_extension_header():
+    """RFC 4301 4.4.1.1: the next layer protocol (and its ports) after all IPv6 extension
+    headers, destination options for the final destination included; a non-first fragment
+    has no ports."""
+    from ipsec_core.spd import PacketSelector
+
+    for name in ("hbh-dest", "full", "dest", "plain"):
+        sel = PacketSelector.from_packet(raw(build(name)))
+        assert (sel.protocol, sel.src_port, sel.dst_port) == (17, 1000, 2000), name
+    later = raw(IPv6(src=SRC, dst=DST) / IPv6ExtHdrFragment(id=1, offset=3, m=1, nh=17) / Raw(b"x" * 24))
+    sel = PacketSelector.from_packet(later)
+    assert (sel.protocol, sel.src_port, sel.dst_port) == (17, None, None)
