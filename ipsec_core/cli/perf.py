@@ -186,9 +186,13 @@ def _plot(rows: list[dict], path: str) -> None:
     series: dict[tuple, list] = {}
     for r in rows:
         series.setdefault((r["backend"], r["proposal"], r["direction"]), []).append((r["size"], r["gbps"]))
+    pairs = sorted({(name, prop) for name, prop, _ in series})
+    colours = matplotlib.colormaps["tab20"].resampled(max(len(pairs), 1))
     for (name, prop, direction), points in sorted(series.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                color=colours(pairs.index((name, prop))),
+                linestyle="-" if direction == "protect" else "--",
                 label=f"{name} {prop} {direction}")
     ax.set_xlabel("inner packet size (bytes)")
     ax.set_ylabel("Gbit/s (inner bytes, one core)")
