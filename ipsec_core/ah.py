@@ -30,9 +30,10 @@ from ipsec_core.errors import (AuthenticationError, DropReason, LocalError, Pack
 from ipsec_core.packet.ah import (AH_FIXED_BYTES, ah_header_bytes, ipv4_icv_header,
                                   ipv6_ah_offset, ipv6_icv_headers, pull_ah, push_ah)
 from ipsec_core.packet.ip import (IPPROTO_AH, IPPROTO_FRAGMENT, IPPROTO_IPIP, IPPROTO_IPV6,
-                                  IPV6_HEADER_BYTES, build_ipv4, build_ipv6, fix_ipv4_header,
-                                  ipv4_header_len, ipv6_headers, ipv6_split)
+                                  IPV6_HEADER_BYTES, fix_ipv4_header, ipv4_header_len,
+                                  ipv6_headers, ipv6_split)
 from ipsec_core.transforms import GMAC_IV_BYTES, GMAC_SALT_BYTES
+from ipsec_core.tunnel import decapsulate, outer_header, protect_each, unprotect_each
 
 _SEQ32_MAX = 0xFFFFFFFF
 _SEQ64_MAX = 0xFFFFFFFFFFFFFFFF
@@ -171,21 +172,7 @@ class AhEngine:
         return out
 
     def _outer(self, inner: bytes, version: int, length: int) -> bytes:
-        if version == 4:
-            tos = inner[1]
-            df = ((inner[6] << 8) | inner[7]) & _DF
-        else:
-            tos = ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
-            df = 0
-        if self.df_bit != "copy":
-            df = _DF if self.df_bit == "set" else 0
-        # DSCP copied, ECN copied (RFC 6040 normal mode), TTL constructed (RFC 4301 5.1.2.1).
-        if self.outer_v6:
-            return build_ipv6(src=self.src, dst=self.dst, next_header=IPPROTO_AH, payload_len=length,
-                              traffic_class=tos, hop_limit=self.ttl)
-        self.ident = (self.ident + 1) & 0xFFFF
-        return build_ipv4(src=self.src, dst=self.dst, proto=IPPROTO_AH, payload_len=length, tos=tos,
-                          ident=self.ident, flags_frag=df, ttl=self.ttl)
+        return outer_header(self, inner, version, IPPROTO_AH, length)
 
     # ------------------------------------------------------------------------------------
     # inbound
@@ -269,62 +256,16 @@ class AhEngine:
         sa.note_soft_limit(now)
         return inner
 
-    def _detunnel(self, payload: bytes, nh: int, outer: bytes, outer_version: int) -> bytes:
-        from ipsec_core.esp import ecn_decapsulate
-
-        if nh == IPPROTO_IPIP:
-            if not payload or payload[0] >> 4 != 4:
-                raise PacketDropped(DropReason.MALFORMED, "next header 4 but not an IPv4 packet")
-            ipv4_header_len(payload)
-            payload = payload[:(payload[2] << 8) | payload[3]]
-            inner_ecn = payload[1] & 3
-        elif nh == IPPROTO_IPV6:
-            if len(payload) < IPV6_HEADER_BYTES or payload[0] >> 4 != 6:
-                raise PacketDropped(DropReason.MALFORMED, "next header 41 but not an IPv6 packet")
-            inner_len = IPV6_HEADER_BYTES + ((payload[4] << 8) | payload[5])
-            if inner_len > len(payload):
-                raise PacketDropped(DropReason.MALFORMED, "inner IPv6 payload length exceeds the packet")
-            payload = payload[:inner_len]
-            inner_ecn = (payload[1] >> 4) & 3
-        else:
-            raise PacketDropped(DropReason.BAD_NEXT_HEADER, f"tunnel-mode SA got next header {nh}")
-        outer_ecn = outer[1] & 3 if outer_version == 4 else (outer[1] >> 4) & 3
-        ecn = ecn_decapsulate(inner_ecn, outer_ecn)
-        if ecn is None:
-            raise PacketDropped(DropReason.ECN_DROP, "outer CE on a Not-ECT inner packet (RFC 6040)")
-        if ecn == inner_ecn:
-            return payload
-        inner = bytearray(payload)
-        if nh == IPPROTO_IPIP:
-            inner[1] = (inner[1] & 0xFC) | ecn
-            fix_ipv4_header(inner)
-        else:
-            inner[1] = (inner[1] & 0xCF) | (ecn << 4)
-        return bytes(inner)
+    _detunnel = staticmethod(decapsulate)
 
     # ------------------------------------------------------------------------------------
     # batches: the single-packet path in order (AH has no fast path)
     # ------------------------------------------------------------------------------------
     def protect_batch(self, packets: list[bytes], now: float | None) -> list[bytes]:
-        protect = self.protect
-        out: list[bytes] = []
-        try:
-            for packet in packets:
-                out.append(protect(packet, now))
-        except Exception as exc:
-            exc.partial = out
-            raise
-        return out
+        return protect_each(self.protect, packets, now)
 
     def unprotect_batch(self, packets: list[bytes], now: float | None) -> list:
-        unprotect = self.unprotect
-        out: list = []
-        for packet in packets:
-            try:
-                out.append(unprotect(packet, now))
-            except PacketDropped as drop:
-                out.append(drop)
-        return out
+        return unprotect_each(self.unprotect, packets, now)
 
 
 __all__ = ["AhEngine"]

@@ -171,7 +171,7 @@ def load_sa_file(path: str | Path) -> list[SaConfig]:
         raise ConfigError(f"cannot read: {exc}", file=file) from None
     extra = set(data) - {"sa"}
     if extra:
-        raise ConfigError(f"unknown top-level key; an SA file holds [[sa]] tables", file=file,
+        raise ConfigError("unknown top-level key; an SA file holds [[sa]] tables", file=file,
                           key=sorted(extra)[0])
     tables = data.get("sa")
     if not isinstance(tables, list) or not tables:

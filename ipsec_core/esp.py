@@ -23,6 +23,8 @@ from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPRO
                                   build_ipv6, checksum, fix_ipv4_header, ipv4_header_len,
                                   ipv6_is_fragment, ipv6_split)
 from ipsec_core.transforms import CipherKind
+from ipsec_core.tunnel import (decapsulate, ecn_decapsulate, outer_header, protect_each,
+                               unprotect_each)
 
 ESP_HEADER_BYTES = 8
 UDP_HEADER_BYTES = 8
@@ -34,17 +36,6 @@ _SEQ64_MAX = 0xFFFFFFFFFFFFFFFF
 _ECN_NOT_ECT, _ECN_ECT1, _ECN_ECT0, _ECN_CE = 0, 1, 2, 3
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
-
-
-def ecn_decapsulate(inner: int, outer: int) -> int | None:
-    """RFC 6040 section 4.2: the ECN codepoint of the forwarded inner packet, or None to drop."""
-    if inner == _ECN_NOT_ECT:
-        return None if outer == _ECN_CE else _ECN_NOT_ECT
-    if outer == _ECN_CE:
-        return _ECN_CE
-    if inner == _ECN_ECT0 and outer == _ECN_ECT1:
-        return _ECN_ECT1
-    return inner
 
 
 class EspEngine:
@@ -209,21 +200,7 @@ class EspEngine:
         return struct.pack("!HHHH", sport, dport, UDP_HEADER_BYTES + len(esp), 0) + esp
 
     def _outer(self, inner: bytes, version: int, proto: int, length: int) -> bytes:
-        if version == 4:
-            tos = inner[1]
-            df = ((inner[6] << 8) | inner[7]) & 0x4000
-        else:
-            tos = ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
-            df = 0
-        if self.df_bit != "copy":
-            df = 0x4000 if self.df_bit == "set" else 0
-        # DSCP copied, ECN copied (RFC 6040 normal mode), TTL constructed (RFC 4301 5.1.2.1).
-        if self.outer_v6:
-            return build_ipv6(src=self.src, dst=self.dst, next_header=proto, payload_len=length,
-                              traffic_class=tos, hop_limit=self.ttl)
-        self.ident = (self.ident + 1) & 0xFFFF
-        return build_ipv4(src=self.src, dst=self.dst, proto=proto, payload_len=length, tos=tos,
-                          ident=self.ident, flags_frag=df, ttl=self.ttl)
+        return outer_header(self, inner, version, proto, length)
 
     def protected_len(self, packet: bytes, length: int | None = None) -> int:
         """Length of `protect(packet)` without TFC padding (or of a packet like it, `length`
@@ -384,36 +361,7 @@ class EspEngine:
                                 f"CBC payload not a multiple of {self.block} bytes")
         return self.cipher.decrypt(iv, body)
 
-    def _detunnel(self, payload: bytes, nh: int, outer: bytes, outer_version: int) -> bytes:
-        if nh == IPPROTO_IPIP:
-            if not payload or payload[0] >> 4 != 4:
-                raise PacketDropped(DropReason.MALFORMED, "next header 4 but not an IPv4 packet")
-            ipv4_header_len(payload)
-            payload = payload[:(payload[2] << 8) | payload[3]]    # drop TFC padding (RFC 4303 2.7)
-            inner_ecn = payload[1] & 3
-        elif nh == IPPROTO_IPV6:
-            if len(payload) < IPV6_HEADER_BYTES or payload[0] >> 4 != 6:
-                raise PacketDropped(DropReason.MALFORMED, "next header 41 but not an IPv6 packet")
-            inner_len = IPV6_HEADER_BYTES + ((payload[4] << 8) | payload[5])
-            if inner_len > len(payload):
-                raise PacketDropped(DropReason.MALFORMED, "inner IPv6 payload length exceeds the packet")
-            payload = payload[:inner_len]                          # drop TFC padding
-            inner_ecn = (payload[1] >> 4) & 3
-        else:
-            raise PacketDropped(DropReason.BAD_NEXT_HEADER, f"tunnel-mode SA got next header {nh}")
-        outer_ecn = outer[1] & 3 if outer_version == 4 else (outer[1] >> 4) & 3
-        ecn = ecn_decapsulate(inner_ecn, outer_ecn)
-        if ecn is None:
-            raise PacketDropped(DropReason.ECN_DROP, "outer CE on a Not-ECT inner packet (RFC 6040)")
-        if ecn == inner_ecn:
-            return payload
-        inner = bytearray(payload)
-        if nh == IPPROTO_IPIP:
-            inner[1] = (inner[1] & 0xFC) | ecn
-            fix_ipv4_header(inner)
-        else:
-            inner[1] = (inner[1] & 0xCF) | (ecn << 4)
-        return bytes(inner)
+    _detunnel = staticmethod(decapsulate)
 
     def _detransport(self, packet: bytes, esp_start: int, nh_at: int, nh: int, payload: bytes,
                      version: int) -> bytes:
@@ -445,27 +393,10 @@ class EspEngine:
         return self.unprotect_batch_generic(packets, now)
 
     def protect_batch_generic(self, packets: list[bytes], now: float | None) -> list[bytes]:
-        """Default batch: the single-packet path in order.  An error at packet k leaves the SA
-        as one-by-one processing would, and carries the k packets already done in `.partial`."""
-        protect = self.protect
-        out: list[bytes] = []
-        try:
-            for packet in packets:
-                out.append(protect(packet, now))
-        except Exception as exc:
-            exc.partial = out
-            raise
-        return out
+        return protect_each(self.protect, packets, now)
 
     def unprotect_batch_generic(self, packets: list[bytes], now: float | None) -> list:
-        unprotect = self.unprotect
-        out: list = []
-        for packet in packets:
-            try:
-                out.append(unprotect(packet, now))
-            except PacketDropped as drop:
-                out.append(drop)
-        return out
+        return unprotect_each(self.unprotect, packets, now)
 
 
 def _fill_udp6_checksum(packet: bytes, udp_at: int) -> bytes:
@@ -476,4 +407,4 @@ def _fill_udp6_checksum(packet: bytes, udp_at: int) -> bytes:
     return packet[:udp_at + 6] + csum.to_bytes(2, "big") + packet[udp_at + 8:]
 
 
-__all__ = ["EspEngine", "ecn_decapsulate", "IPV4_HEADER_BYTES"]
+__all__ = ["EspEngine", "ecn_decapsulate", "IPV4_HEADER_BYTES"]  # ecn_decapsulate: see tunnel.py

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from ipsec_core.crypto.base import FeatureKind, family_kind, register_family
-from ipsec_core.transforms import (ENCR_INFO, PRIVATE_USE_MIN, TRANSFORM_ID_MAX, CipherKind, EncrId,
+from ipsec_core.transforms import (PRIVATE_USE_MIN, TRANSFORM_ID_MAX, CipherKind, EncrId,
                                    EncrInfo, EncrTransform, PluginEncrId)
 
 #: Transform states (`TransformRecord.state`).
