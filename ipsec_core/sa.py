@@ -110,6 +110,7 @@ class SaConfig:
         if not 0x100 <= self.spi <= 0xFFFFFFFF:
             out.append(("spi", f"{self.spi:#x} is outside 0x100..0xffffffff (0-255 are reserved, RFC 4303 2.1)"))
         out.extend(self._size_problems())
+        out.extend(self._tunnel_problems())
         if self.protocol == "ah":
             return out + self._ah_problems()
         if not isinstance(self.proposal, EspProposal):
@@ -134,14 +135,19 @@ class SaConfig:
             elif len(self.integ_key) != integ.key_bytes:
                 out.append(("integrity_key", f"{integ.id.name} needs {integ.key_bytes} bytes, "
                                              f"got {len(self.integ_key)}"))
+        if self.encap_ports is not None and not all(0 < p < 65536 for p in self.encap_ports):
+            out.append(("encap_ports", f"ports must be 1..65535, not {self.encap_ports}"))
+        return out
+
+    def _tunnel_problems(self) -> list[tuple[str, str]]:
+        """What ESP and AH SAs share: addresses, replay window, outer TTL."""
+        out: list[tuple[str, str]] = []
         if self.mode == Mode.TUNNEL and (self.local is None or self.remote is None):
             out.append(("tunnel", "tunnel mode needs tunnel = { local = ..., remote = ... }"))
         if self.local is not None and self.remote is not None and self.local.version != self.remote.version:
             out.append(("tunnel", "local and remote must be of one address family"))
         if not 0 <= self.replay_window <= MAX_REPLAY_WINDOW_BITS:
             out.append(("replay_window", f"must be 0..{MAX_REPLAY_WINDOW_BITS}, not {self.replay_window}"))
-        if self.encap_ports is not None and not all(0 < p < 65536 for p in self.encap_ports):
-            out.append(("encap_ports", f"ports must be 1..65535, not {self.encap_ports}"))
         if not 1 <= self.outer_ttl <= 255:
             out.append(("outer_ttl", f"must be 1..255, not {self.outer_ttl}"))
         return out
@@ -183,14 +189,6 @@ class SaConfig:
             out.append(("encap", "AH cannot be UDP-encapsulated (RFC 3948 is for ESP only)"))
         if self.tfc_padding:
             out.append(("tfc_padding", "TFC padding is an ESP feature (RFC 4303 2.7); AH has none"))
-        if self.mode == Mode.TUNNEL and (self.local is None or self.remote is None):
-            out.append(("tunnel", "tunnel mode needs tunnel = { local = ..., remote = ... }"))
-        if self.local is not None and self.remote is not None and self.local.version != self.remote.version:
-            out.append(("tunnel", "local and remote must be of one address family"))
-        if not 0 <= self.replay_window <= MAX_REPLAY_WINDOW_BITS:
-            out.append(("replay_window", f"must be 0..{MAX_REPLAY_WINDOW_BITS}, not {self.replay_window}"))
-        if not 1 <= self.outer_ttl <= 255:
-            out.append(("outer_ttl", f"must be 1..255, not {self.outer_ttl}"))
         return out
 
 
