@@ -15,7 +15,8 @@ numbers never repeat under a key (exhaustion raises SequenceOverflow instead of 
 AES-GMAC in AH (RFC 4543 section 4 with erratum 3643): the authentication data is the 8-byte IV
 followed by the 16-byte tag (plus 4 bytes of padding over IPv6).  The tag is GCM with an empty
 plaintext, nonce = salt || IV, and as AAD the same bytes any AH ICV covers, in which only the
-tag is zeroed: the IV is input, not output, so it is covered as sent.  The ESN high bits are
+tag is zeroed: the IV is input, not output, so it is covered as sent (RFC 4543 section 7: "In
+AUTH_AES_GMAC, the IV is included in the additional authenticated data").  The ESN high bits are
 appended to that AAD as RFC 4302 appends them to every AH ICV input.  The SA's
 `integrity_key` holds the AES key followed by the 4-byte salt (20, 28 or 36 bytes).
 """
