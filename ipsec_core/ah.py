@@ -26,8 +26,7 @@ import hmac
 import secrets
 import struct
 
-from ipsec_core.errors import (AuthenticationError, DropReason, LocalError, PacketDropped,
-                               SequenceOverflow)
+from ipsec_core.errors import AuthenticationError, DropReason, LocalError, PacketDropped
 from ipsec_core.packet.ah import (AH_FIXED_BYTES, ah_header_bytes, ipv4_icv_header,
                                   ipv6_ah_offset, ipv6_icv_headers, pull_ah, push_ah)
 from ipsec_core.packet.ip import (IPPROTO_AH, IPPROTO_FRAGMENT, IPPROTO_IPIP, IPPROTO_IPV6,
@@ -37,7 +36,6 @@ from ipsec_core.transforms import GMAC_IV_BYTES, GMAC_SALT_BYTES
 from ipsec_core.tunnel import decapsulate, outer_header, protect_each, unprotect_each
 
 _SEQ32_MAX = 0xFFFFFFFF
-_SEQ64_MAX = 0xFFFFFFFFFFFFFFFF
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _DF = 0x4000
@@ -56,7 +54,6 @@ class AhEngine:
         self.spi = cfg.spi
         self.spi_bytes = _U32.pack(cfg.spi)
         self.esn = cfg.esn
-        self.seq_max = _SEQ64_MAX if cfg.esn else _SEQ32_MAX
         self.tunnel = cfg.mode.value == "tunnel"
         self.gmac = prop.gmac
         self.icv_bytes = info.icv_bytes
@@ -113,10 +110,7 @@ class AhEngine:
     # ------------------------------------------------------------------------------------
     def protect(self, packet: bytes, now: float | None) -> bytes:
         sa = self.sa
-        sa.check_lifetime(now)
-        seq = sa.seq + 1
-        if seq > self.seq_max:
-            raise SequenceOverflow(f"SA {sa.name}: sequence number space exhausted; rekey the SA")
+        seq = sa.next_seq(now)
         if not packet:
             raise LocalError("protect() needs an IP packet, got 0 bytes")
         version = packet[0] >> 4

@@ -16,8 +16,7 @@ import secrets
 import struct
 
 from ipsec_core import esp_offload
-from ipsec_core.errors import (AuthenticationError, DropReason, LocalError, PacketDropped,
-                               SequenceOverflow)
+from ipsec_core.errors import AuthenticationError, DropReason, LocalError, PacketDropped
 from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE,
                                   IPPROTO_UDP, IPV4_HEADER_BYTES, IPV6_HEADER_BYTES, build_ipv4,
                                   build_ipv6, checksum, fix_ipv4_header, ipv4_header_len,
@@ -32,7 +31,6 @@ NON_ESP_MARKER = b"\0\0\0\0"
 NAT_KEEPALIVE = b"\xff"
 _PAD = bytes(range(1, 256))
 _SEQ32_MAX = 0xFFFFFFFF
-_SEQ64_MAX = 0xFFFFFFFFFFFFFFFF
 _ECN_NOT_ECT, _ECN_ECT1, _ECN_ECT0, _ECN_CE = 0, 1, 2, 3
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
@@ -51,7 +49,6 @@ class EspEngine:
         self.block = info.block_bytes
         self.spi_bytes = _U32.pack(cfg.spi)
         self.esn = cfg.esn
-        self.seq_max = _SEQ64_MAX if cfg.esn else _SEQ32_MAX
         self.tunnel = cfg.mode.value == "tunnel"
         names = []
         key = cfg.enc_key[: prop.key_bits // 8]
@@ -108,10 +105,7 @@ class EspEngine:
     # ------------------------------------------------------------------------------------
     def protect(self, packet: bytes, now: float | None) -> bytes:
         sa = self.sa
-        sa.check_lifetime(now)
-        seq = sa.seq + 1
-        if seq > self.seq_max:
-            raise SequenceOverflow(f"SA {sa.name}: sequence number space exhausted; rekey the SA")
+        seq = sa.next_seq(now)
         if not packet:
             raise LocalError("protect() needs an IP packet, got 0 bytes")
         version = packet[0] >> 4
@@ -226,10 +220,7 @@ class EspEngine:
         """A dummy packet (RFC 4303 2.6): next header 59, `size` random bytes of payload (by
         default as long as TFC padding makes every packet), the next sequence number."""
         sa = self.sa
-        sa.check_lifetime(now)
-        seq = sa.seq + 1
-        if seq > self.seq_max:
-            raise SequenceOverflow(f"SA {sa.name}: sequence number space exhausted; rekey the SA")
+        seq = sa.next_seq(now)
         if not self.src:
             raise LocalError(f"SA {sa.name}: a dummy packet needs the SA's addresses "
                              "(tunnel = { local = ..., remote = ... })")

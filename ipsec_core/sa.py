@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ipsec_core.errors import (ConfigError, DropReason, LifetimeExpired, LocalError, PacketDropped,
-                               PacketTooBig)
+                               PacketTooBig, SequenceOverflow)
 from ipsec_core.keywords import AhProposal, EspProposal
 from ipsec_core.replay import DEFAULT_REPLAY_WINDOW_BITS, MAX_REPLAY_WINDOW_BITS, ReplayWindow
 from ipsec_core.transforms import CipherKind, IntegId
@@ -27,6 +27,8 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Default outer TTL / hop limit of tunnel mode ("constructed", RFC 4301 5.1.2.1).
 DEFAULT_OUTER_TTL = 64
 NAT_T_PORT = 4500
+_SEQ32_MAX = 0xFFFFFFFF
+_SEQ64_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 class Direction(str, enum.Enum):
@@ -246,6 +248,16 @@ class SecurityAssociation:
             raise LifetimeExpired(f"SA {self.name}: hard lifetime reached ({hard})")
         if self.soft_expired is None:
             self.soft_expired = self.config.soft.reached(**usage)
+
+    def next_seq(self, now: float | None) -> int:
+        """The sequence number the next outbound packet gets, after the lifetime check; raises
+        SequenceOverflow rather than wrap (RFC 4303 3.3.3).  Changes nothing: the engine stores
+        it in `seq` once the packet is built."""
+        self.check_lifetime(now)
+        seq = self.seq + 1
+        if seq > (_SEQ64_MAX if self.esn else _SEQ32_MAX):
+            raise SequenceOverflow(f"SA {self.name}: sequence number space exhausted; rekey the SA")
+        return seq
 
     def note_soft_limit(self, now: float | None) -> None:
         """Called after a packet is counted: note a soft limit as soon as that packet reaches it,
