@@ -142,6 +142,18 @@ class Feature:
         return text + (f"[tag {'/'.join(map(str, self.tag_bytes))}]" if self.tag_bytes else "")
 
 
+def standard_features() -> tuple[Feature, ...]:
+    """Every built-in family at the key sizes IPsec uses: what a complete CPU backend offers
+    (AES 128/192/256, ChaCha20 256, XCBC 128, HMAC any key)."""
+    aes = (128, 192, 256)
+    return (
+        Feature("aes-gcm", aes), Feature("aes-ccm", aes), Feature("chacha20-poly1305", (256,)),
+        Feature("aes-cbc", aes), Feature("aes-ctr", aes),
+        Feature("hmac-sha1"), Feature("hmac-sha256"), Feature("hmac-sha384"), Feature("hmac-sha512"),
+        Feature("aes-xcbc", (128,)), Feature("aes-cmac", aes),
+    )
+
+
 @runtime_checkable
 class Aead(Protocol):
     tag_bytes: int

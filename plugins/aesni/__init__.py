@@ -25,10 +25,9 @@ from __future__ import annotations
 from hmac import compare_digest
 
 from ipsec_core import hookimpl
-from ipsec_core.crypto.base import Backend, Feature
+from ipsec_core.crypto.base import Backend, standard_features
 from ipsec_core.errors import AuthenticationError
 
-_AES_KEY_BITS = (128, 192, 256)
 _AEAD_TAGS = (8, 12, 16)
 
 
@@ -196,20 +195,7 @@ class AesniBackend(Backend):
         return None
 
     def features(self):
-        aes = _AES_KEY_BITS
-        return (
-            Feature("aes-gcm", aes),
-            Feature("aes-ccm", aes),
-            Feature("chacha20-poly1305", (256,)),
-            Feature("aes-cbc", aes),
-            Feature("aes-ctr", aes),
-            Feature("hmac-sha1"),
-            Feature("hmac-sha256"),
-            Feature("hmac-sha384"),
-            Feature("hmac-sha512"),
-            Feature("aes-xcbc", (128,)),
-            Feature("aes-cmac", aes),
-        )
+        return standard_features()
 
     def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int):
         c = self._lib()

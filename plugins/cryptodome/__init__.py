@@ -18,12 +18,11 @@ fallback, for what the fast paths do not take (other nonce sizes, messages over 
 from __future__ import annotations
 
 from ipsec_core import hookimpl
-from ipsec_core.crypto.base import Backend, Feature
+from ipsec_core.crypto.base import Backend, standard_features
 from ipsec_core.errors import AuthenticationError
 
 from . import _fast
 
-_AES_KEY_BITS = (128, 192, 256)
 _AEAD_TAGS = (8, 12, 16)
 
 
@@ -221,20 +220,7 @@ class CryptodomeBackend(Backend):
         return None
 
     def features(self):
-        aes = _AES_KEY_BITS
-        return (
-            Feature("aes-gcm", aes),
-            Feature("aes-ccm", aes),
-            Feature("chacha20-poly1305", (256,)),
-            Feature("aes-cbc", aes),
-            Feature("aes-ctr", aes),
-            Feature("hmac-sha1"),
-            Feature("hmac-sha256"),
-            Feature("hmac-sha384"),
-            Feature("hmac-sha512"),
-            Feature("aes-xcbc", (128,)),
-            Feature("aes-cmac", aes),
-        )
+        return standard_features()
 
     def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int):
         if family in ("aes-gcm", "aes-ccm"):

@@ -14,7 +14,7 @@ reused for any number of packets.
 from __future__ import annotations
 
 from ipsec_core import hookimpl
-from ipsec_core.crypto.base import Aead, Backend, Cipher, Feature, Mac
+from ipsec_core.crypto.base import Aead, Backend, Cipher, Mac, standard_features
 
 from .aes import AES, AesCbc, AesCtr
 from .ccm import AesCcm
@@ -27,7 +27,6 @@ __all__ = [
     "Hmac", "ReferenceBackend", "ipsec_register_backends",
 ]
 
-_AES_SIZES = (128, 192, 256)
 
 _AEADS = {"aes-gcm": AesGcm, "aes-ccm": AesCcm, "chacha20-poly1305": ChaCha20Poly1305}
 _CIPHERS = {"aes-cbc": AesCbc, "aes-ctr": AesCtr}
@@ -47,19 +46,7 @@ class ReferenceBackend(Backend):
     description = "pure-Python reference implementation (test oracle; slow, not constant-time)"
 
     def features(self):
-        return (
-            Feature("aes-gcm", _AES_SIZES),
-            Feature("aes-ccm", _AES_SIZES),
-            Feature("chacha20-poly1305", (256,)),
-            Feature("aes-cbc", _AES_SIZES),
-            Feature("aes-ctr", _AES_SIZES),
-            Feature("hmac-sha1"),
-            Feature("hmac-sha256"),
-            Feature("hmac-sha384"),
-            Feature("hmac-sha512"),
-            Feature("aes-xcbc", (128,)),
-            Feature("aes-cmac", _AES_SIZES),
-        )
+        return standard_features()
 
     def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int) -> Aead:
         cls = _AEADS.get(family)
