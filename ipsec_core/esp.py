@@ -94,7 +94,8 @@ class EspEngine:
             fits = self._tunnel_payload_fitting(cfg.mtu) if cfg.mtu else 0xFFFF
             self.tfc_pad_to = fits if cfg.tfc_padding == "mtu" else min(cfg.tfc_padding, fits)
         from ipsec_core.esp_fast import fast_paths
-        self._fast_protect, self._fast_unprotect = fast_paths(self)
+        from ipsec_core.esp_vec import vector_paths
+        self._fast_protect, self._fast_unprotect = vector_paths(self, *fast_paths(self))
         if self.tfc_pad_to or self.df_bit != "copy":
             self._fast_protect = None      # the fast loop writes neither TFC padding nor DF policy
         # A backend that seals many packets per call (the GPU) gets whole batches.

@@ -365,10 +365,11 @@ class SecurityAssociation:
         `PacketDropped` that says why (also counted in `stats.drops`).  Replay state ends
         exactly as if each packet had gone through `unprotect`, in order."""
         out = self.engine.unprotect_batch(packets, now)
-        drops = self.stats.drops
-        for verdict in out:
-            if verdict.__class__ is PacketDropped:
-                drops[verdict.reason.value] += 1
+        if PacketDropped in map(type, out):            # C-level scan; most batches have none
+            drops = self.stats.drops
+            for verdict in out:
+                if verdict.__class__ is PacketDropped:
+                    drops[verdict.reason.value] += 1
         return out
 
     def state(self) -> tuple:
