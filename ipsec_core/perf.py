@@ -14,11 +14,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from ipsec_core import esp_vec
 from ipsec_core.errors import BackendError
 from ipsec_core.keywords import parse_esp
 from ipsec_core.packet.ip import IPPROTO_UDP, build_ipv4
 from ipsec_core.sa import Direction, Mode, SaConfig, SecurityAssociation
 from ipsec_core.transforms import CipherKind
+from ipsec_core.tuning import allocator_state
 
 LOCAL = ipaddress.ip_address("192.0.2.1")
 REMOTE = ipaddress.ip_address("192.0.2.2")
@@ -43,6 +45,8 @@ class PerfRecord:
     overhead_bytes: int  # bytes on the wire added per packet by ESP in this mode
     repeats: int
     backend_names: str   # what the SA really bound, e.g. "aesni" or "aesni,cryptodome"
+    allocator: str       # ipsec_core.tuning.allocator_state() during the run
+    vectorised: bool     # whether the numpy batch path (ipsec_core.esp_vec) was available
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -197,5 +201,6 @@ def measure(*, backend: str | None, proposal: str, size: int, count: int, batch:
             size=size, direction=direction, mode=mode, batch=batch, count=count, pps=round(pps, 1),
             gbps=round(pps * size * 8 / 1e9, 4), bare_pps=round(bare_pps, 1),
             ratio=round(pps / bare_pps, 4), overhead_bytes=overhead, repeats=repeats,
-            backend_names=out_sa.engine.backend_names))
+            backend_names=out_sa.engine.backend_names, allocator=allocator_state(),
+            vectorised=esp_vec.available()))
     return records

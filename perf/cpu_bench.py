@@ -59,13 +59,63 @@ def scapy_rates(size: int, count: int, repeats: int) -> dict:
     }
 
 
+IMIX = [64] * 7 + [576] * 4 + [1400]       # the classic simple IMIX, 7:4:1
+
+
+def imix_rates(count: int, repeats: int, batch: int = 256) -> dict:
+    """aes128gcm16 (aesni) on batches of mixed sizes (IMIX, shuffled): the vectorised path with
+    per-packet trailers and cuts, against the bare call looping over the same payload sizes."""
+    import random
+
+    from ipsec_core.perf import bare_call, sa_pair
+
+    out_sa, new_inbound = sa_pair("aes128gcm16", backend="aesni")
+    rng = random.Random(7)
+    sizes = [IMIX[i % len(IMIX)] for i in range(batch)]
+    rng.shuffle(sizes)
+    packets = [make_packets(s, 1)[0] for s in sizes]
+    rounds = max(1, count // batch)
+    calls = {(s, d): bare_call(out_sa, s, d) for s in set(IMIX) for d in ("protect", "unprotect")}
+    row = {"proposal": "aes128gcm16", "backend": "aesni", "batch": batch, "mix": "64:576:1400 = 7:4:1"}
+    for direction in ("protect", "unprotect"):
+        rates, bare_rates = [], []
+        work = [(calls[(s, direction)][0], *calls[(s, direction)][1]) for s in sizes]
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(rounds):
+                for fn, a, b, c in work:
+                    fn(a, b, c)
+            bare_rates.append(rounds * batch / (time.perf_counter() - start))
+            elapsed = 0.0
+            inbound = new_inbound()
+            for _ in range(rounds):
+                if direction == "protect":
+                    start = time.perf_counter()
+                    out_sa.protect_batch(packets)
+                else:
+                    wire = out_sa.protect_batch(packets)
+                    start = time.perf_counter()
+                    inbound.unprotect_batch(wire)
+                elapsed += time.perf_counter() - start
+            rates.append(rounds * batch / elapsed)
+        pps, bare = statistics.median(rates), statistics.median(bare_rates)
+        row[f"{direction}_pps"], row[f"{direction}_bare_pps"] = round(pps, 1), round(bare, 1)
+        row[f"{direction}_ratio"] = round(pps / bare, 4)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer packets (a smoke run)")
     ap.add_argument("--out", default="perf/results/cpu.json")
     ap.add_argument("--plot", default="perf/results/cpu.png")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--no-tune-allocator", action="store_true",
+                    help="leave glibc's malloc at its defaults (see ipsec_core.tuning)")
     args = ap.parse_args()
+    if not args.no_tune_allocator:
+        from ipsec_core.tuning import tune_allocator
+        tune_allocator()
     count = 4000 if args.quick else 40000
     records = []
     for backend, n in (("aesni", count), ("cryptodome", count // 10), ("reference", 64)):
@@ -78,16 +128,20 @@ def main() -> int:
                           f"{r.pps:12,.0f} pps {r.gbps:7.3f} Gbit/s  bare {r.bare_pps:12,.0f}  "
                           f"ratio {r.ratio:.2f}", flush=True)
                 records += [r.as_dict() for r in rs]
+    imix = imix_rates(4096 if args.quick else 40960, args.repeats)
+    print("imix", imix, flush=True)
     scapy = []
     for size in (64, 1400):
         row = scapy_rates(size, 500 if args.quick else 2000, 3)
         print("scapy", row, flush=True)
         scapy.append(row)
     result = {
-        "command": "python3 perf/cpu_bench.py" + (" --quick" if args.quick else ""),
+        "command": "python3 perf/cpu_bench.py" + (" --quick" if args.quick else "")
+                   + (" --no-tune-allocator" if args.no_tune_allocator else ""),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpus": os.cpu_count()},
         "records": records,
+        "imix": imix,
         "scapy": scapy,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

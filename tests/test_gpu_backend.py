@@ -495,7 +495,7 @@ def test_gpu_perf_command_runs_its_own_benchmark(registry, monkeypatch):
 
     monkeypatch.setattr(registry_module, "_REGISTRY", registry)
     result = CliRunner().invoke(app, ["perf", "-b", "gpu", "-p", "aes128gcm16,aes256gcm16", "-s", "64,1400",
-                                      "--batches", "4,16", "--repeats", "1", "--json"])
+                                      "--batches", "4,16", "--repeats", "1", "--json", "--no-tune-allocator"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 2 * 2 * 2 * 2

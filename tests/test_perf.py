@@ -17,7 +17,8 @@ FIELDS = {"backend", "proposal", "size", "direction", "mode", "batch", "pps", "g
 
 def test_json_records():
     result = runner.invoke(app, ["perf", "-b", "aesni", "-p", "aes128gcm16,aes128-sha256", "-s", "64,200",
-                                 "-n", "64", "--batch", "16", "--repeats", "1", "--json"])
+                                 "-n", "64", "--batch", "16", "--repeats", "1", "--json",
+                                 "--no-tune-allocator"])     # in-process: leave pytest's malloc alone
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
     assert len(records) == 2 * 2 * 2
@@ -57,5 +58,35 @@ def test_gpu_without_device_is_one_clear_line():
 def test_bad_options():
     for args, message in ((["-s", "10"], "at least"), (["-p", "aes128gcm17"], "unknown keyword"),
                           (["-d", "sideways"], "expected protect"), (["-b", "nosuch"], "not installed")):
-        result = runner.invoke(app, ["perf", "-n", "8", "--repeats", "1", *args])
+        result = runner.invoke(app, ["perf", "-n", "8", "--repeats", "1", "--no-tune-allocator", *args])
         assert result.exit_code == 1 and message in result.output
+
+
+def _perf_json(*extra):
+    out = subprocess.run([sys.executable, "-m", "ipsec_core.cli", "perf", "-b", "aesni", "-p", "aes128gcm16",
+                          "-s", "100", "-n", "128", "--batch", "64", "--repeats", "1", "--json", *extra],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="allocator tuning is for glibc")
+def test_records_say_which_allocator_and_path_were_used():
+    from ipsec_core import esp_vec
+
+    tuned, untuned = _perf_json(), _perf_json("--no-tune-allocator")
+    assert {r["allocator"] for r in tuned} == {"glibc: keeps 64 MiB of freed heap"}
+    assert {r["allocator"] for r in untuned} == {"default"}
+    assert {r["vectorised"] for r in tuned + untuned} == {esp_vec.available()}
+
+
+def test_tune_allocator_reports_state():
+    # In a child process: the setting is process-wide and must not leak into other tests' runs.
+    code = ("from ipsec_core import tuning; before = tuning.allocator_state(); "
+            "after = tuning.tune_allocator(8 << 20); print(before, '|', after, '|', tuning.allocator_state())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, after, state = (part.strip() for part in out.stdout.split("|"))
+    assert before == "default" and after == state
+    if __import__("platform").libc_ver()[0] == "glibc":
+        assert after == "glibc: keeps 8 MiB of freed heap"

@@ -40,6 +40,9 @@ def perf(
                                           "separated (gpu default: 1024,4096,16384,65536)."),
     esp: bool = typer.Option(False, "--esp", help="Measure through protect_batch/unprotect_batch even for a backend "
                              "that has its own benchmark (gpu)."),
+    tune_allocator: bool = typer.Option(True, "--tune-allocator/--no-tune-allocator",
+                                        help="Let glibc keep freed heap between batches, as a VPN driver does "
+                                        "(ipsec_core.tuning); the records say which was used."),
 ) -> None:
     """Measure ESP protect/unprotect throughput through the real data path, next to the bare
     AEAD/cipher call of the same backend on the same payload (measured in the same run).
@@ -71,6 +74,13 @@ def perf(
             import matplotlib  # noqa: F401
         except ImportError:
             fail("--plot needs matplotlib: pip install 'ipsec-suite[plot]'")
+    if tune_allocator:
+        from ipsec_core.tuning import tune_allocator as tune
+        tune()
+    from ipsec_core import esp_vec
+    if not esp_vec.available():
+        warn("numpy is not installed: batches run the per-packet loop, not the vectorised path "
+             "(pip install 'ipsec-suite[fast]')")
     registry = get_registry()
     if backend == "all":
         names = [r.name for r in registry.available()]
