@@ -30,10 +30,11 @@ from ipsec_core.errors import AuthenticationError, DropReason, LocalError, Packe
 from ipsec_core.packet.ah import (AH_FIXED_BYTES, ah_header_bytes, ipv4_icv_header,
                                   ipv6_ah_offset, ipv6_icv_headers, pull_ah, push_ah)
 from ipsec_core.packet.ip import (IPPROTO_AH, IPPROTO_FRAGMENT, IPPROTO_IPIP, IPPROTO_IPV6,
-                                  IPV6_HEADER_BYTES, fix_ipv4_header, ipv4_header_len,
+                                  IPV4_HEADER_BYTES, IPV6_HEADER_BYTES, fix_ipv4_header, ipv4_header_len,
                                   ipv6_headers, ipv6_split)
 from ipsec_core.transforms import GMAC_IV_BYTES, GMAC_SALT_BYTES
-from ipsec_core.tunnel import decapsulate, outer_header, protect_each, unprotect_each
+from ipsec_core.tunnel import (decapsulate, outer_header, protect_each, refuse_over_ip_limit,
+                               unprotect_each)
 
 _SEQ32_MAX = 0xFFFFFFFF
 _U32 = struct.Struct("!I")
@@ -125,6 +126,7 @@ class AhEngine:
             else:
                 nh = IPPROTO_IPV6
             ah_len = self.ah_bytes[6 if self.outer_v6 else 4]
+            refuse_over_ip_limit((0 if self.outer_v6 else IPV4_HEADER_BYTES) + ah_len + len(packet), packet)
             outer = self._outer(packet, version, ah_len + len(packet))
             if self.outer_v6:
                 icv_head = ipv6_icv_headers(outer, IPV6_HEADER_BYTES, [], outbound=True)
@@ -140,6 +142,7 @@ class AhEngine:
             head = bytearray(packet[:ihl])
             nh = head[9]
             payload = packet[ihl:total]
+            refuse_over_ip_limit(ihl + ah_len + len(payload), packet)
             head[9] = IPPROTO_AH
             head[2:4] = (ihl + ah_len + len(payload)).to_bytes(2, "big")
             fix_ipv4_header(head)
@@ -153,6 +156,7 @@ class AhEngine:
             head = bytearray(packet[:off])
             head[nh_at] = IPPROTO_AH
             payload = packet[off:IPV6_HEADER_BYTES + ((packet[4] << 8) | packet[5])]
+            refuse_over_ip_limit(off - IPV6_HEADER_BYTES + ah_len + len(payload), packet)
             head[4:6] = (off - IPV6_HEADER_BYTES + ah_len + len(payload)).to_bytes(2, "big")
             icv_head = ipv6_icv_headers(head, off, chain, outbound=True)
         zeroed = push_ah(next_header=nh, length=ah_len, spi=self.spi, seq_low=seq_low,

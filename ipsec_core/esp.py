@@ -23,7 +23,7 @@ from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPRO
                                   ipv6_is_fragment, ipv6_split)
 from ipsec_core.transforms import CipherKind
 from ipsec_core.tunnel import (decapsulate, ecn_decapsulate, outer_header, protect_each,
-                               unprotect_each)
+                               refuse_over_ip_limit, unprotect_each)
 
 ESP_HEADER_BYTES = 8
 UDP_HEADER_BYTES = 8
@@ -136,6 +136,7 @@ class EspEngine:
         else:
             raise LocalError(f"protect() needs an IPv4 or IPv6 packet, got version {version}")
 
+        self._check_ip_limit(packet, payload, head)
         esp = self._seal(payload, nh, seq)
         if self.encap:
             esp = self._udp(esp)
@@ -159,6 +160,16 @@ class EspEngine:
         sa.stats.bytes += len(packet)
         sa.note_soft_limit(now)
         return out
+
+    def _check_ip_limit(self, packet, payload, head) -> None:
+        """The protected packet must fit IP's 16-bit length field: checked before sealing."""
+        esp = (ESP_HEADER_BYTES + self.iv_bytes + len(payload) + 2 + (-(len(payload) + 2) % self.block)
+               + self.icv_bytes + (UDP_HEADER_BYTES if self.encap else 0))
+        if head is None:
+            length = esp if self.outer_v6 else IPV4_HEADER_BYTES + esp
+        else:
+            length = len(head) + esp - (IPV6_HEADER_BYTES if packet[0] >> 4 == 6 else 0)
+        refuse_over_ip_limit(length, packet)
 
     def _seal(self, payload: bytes, nh: int, seq: int) -> bytes:
         """The ESP header, IV, encrypted payload trailer and ICV for one packet."""

@@ -71,6 +71,8 @@ def _make_protect(engine):
     generic = engine.protect
     nonce = struct.Struct(f"!{len(salt)}sQ").pack   # salt (4 bytes; 3 for CCM) || 64-bit IV = seq
 
+    largest = 0xFFFF - max(grow)        # longer inner packets: generic path (it refuses them)
+
     def protect_batch(packets, now):
         n = len(packets)
         seq = sa.seq
@@ -78,7 +80,11 @@ def _make_protect(engine):
                 sa, n, sum(map(len, packets)))):
             return engine.protect_batch_generic(packets, now)
         if sa._has_lifetime or sa.hard_expired:
-            sa.check_lifetime(now)
+            try:
+                sa.check_lifetime(now)
+            except Exception as exc:
+                exc.partial = []                  # as protect_each reports it
+                raise
         ident = engine.ident
         stats = sa.stats
         out = []
@@ -86,36 +92,40 @@ def _make_protect(engine):
         done = octets = 0
         for p in packets:
             ln = len(p)
-            if ln < 20 or p[0] != 0x45 or ((p[2] << 8) | p[3]) > ln:
-                # Not a plain IPv4 packet: the generic path, with the SA state synced.
-                sa.seq, engine.ident = seq, ident
-                stats.packets += done
-                stats.bytes += octets
-                done = octets = 0
+            if ln >= 20 and p[0] == 0x45 and 20 <= ((p[2] << 8) | p[3]) <= ln <= largest:
+                r = ln & 3
+                total = ln + grow[r]
+                s1, i1 = seq + 1, (ident + 1) & 0xFFFF
+                tos = p[1]
+                df = (p[6] << 8) & 0x4000
+                s = base + tos + total + i1 + df
+                s = (s & 0xFFFF) + (s >> 16)           # at most 0x10004: one carry left to add
+                if udp_len:
+                    head = pack(0x45, tos, total, i1, df, ttl, proto, ~(s + (s >> 16)) & 0xFFFF,
+                                addrs, sport, dport, total - 20, 0, spi, s1, s1)
+                else:
+                    head = pack(0x45, tos, total, i1, df, ttl, proto, ~(s + (s >> 16)) & 0xFFFF,
+                                addrs, spi, s1, s1)
                 try:
-                    append(generic(p, now))
-                except Exception as exc:
-                    exc.partial = out
-                    raise
-                seq, ident = sa.seq, engine.ident
-                continue
-            seq += 1
-            r = ln & 3
-            total = ln + grow[r]
-            ident = (ident + 1) & 0xFFFF
-            tos = p[1]
-            df = (p[6] << 8) & 0x4000
-            s = base + tos + total + ident + df
-            s = (s & 0xFFFF) + (s >> 16)           # at most 0x10004: one carry left to add
-            if udp_len:
-                head = pack(0x45, tos, total, ident, df, ttl, proto, ~(s + (s >> 16)) & 0xFFFF,
-                            addrs, sport, dport, total - 20, 0, spi, seq, seq)
-            else:
-                head = pack(0x45, tos, total, ident, df, ttl, proto, ~(s + (s >> 16)) & 0xFFFF,
-                            addrs, spi, seq, seq)
-            append(head + encrypt(nonce(salt, seq), p + trailers[r], head[-16:-8]))
-            done += 1
-            octets += ln
+                    append(head + encrypt(nonce(salt, s1), p + trailers[r], head[-16:-8]))
+                except TypeError:
+                    pass                # a buffer type `+` refuses (memoryview): generic path
+                else:
+                    seq, ident = s1, i1
+                    done += 1
+                    octets += ln
+                    continue
+            # Not a plain IPv4 packet: the generic path, with the SA state synced.
+            sa.seq, engine.ident = seq, ident
+            stats.packets += done
+            stats.bytes += octets
+            done = octets = 0
+            try:
+                append(generic(p, now))
+            except Exception as exc:
+                exc.partial = out
+                raise
+            seq, ident = sa.seq, engine.ident
         engine.ident = ident
         sa.seq = seq
         stats.packets += done

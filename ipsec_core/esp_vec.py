@@ -128,13 +128,17 @@ def _make_protect(engine, scalar):
         lens = w[:, 1].astype(np.int64)
         if list(map(len, packets)) != lens.tolist():
             lens = np.fromiter(map(len, packets), np.int64, n)
-            if (w[:, 1] > lens).any():
+            if (w[:, 1] > lens).any() or w[:, 1].min() < 20:
                 return scalar(packets, now)
         if (lens.min() < 20 or lens.max() > largest
                 or sa._has_lifetime and not _limits_allow(sa, n, int(lens.sum()))):
             return scalar(packets, now)
         if sa._has_lifetime or sa.hard_expired:
-            sa.check_lifetime(now)
+            try:
+                sa.check_lifetime(now)
+            except Exception as exc:
+                exc.partial = []                  # as protect_each reports it
+                raise
         ident = engine.ident
         r = lens & 3
         total = lens + grow[r]

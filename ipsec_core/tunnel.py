@@ -28,6 +28,15 @@ def ecn_decapsulate(inner: int, outer: int) -> int | None:
     return inner
 
 
+def refuse_over_ip_limit(length_field: int, packet: bytes) -> None:
+    """PacketDropped(too_big) when the protected form of `packet` would need an IP length field
+    (IPv4 total length, IPv6 payload length) of `length_field` > 65535.  Callers check before
+    spending a sequence number, a nonce or an IPv4 identification."""
+    if length_field > 0xFFFF:
+        raise PacketDropped(DropReason.TOO_BIG, f"a {len(packet)}-byte packet would need an IP length "
+                            f"of {length_field} protected, over the 65535 limit")
+
+
 def outer_header(engine, inner: bytes, version: int, proto: int, length: int) -> bytes:
     """The outer header of a tunnel-mode packet carrying `inner` (IP version `version`) with
     `length` bytes after the header.  `engine` supplies src, dst, outer_v6, ttl, df_bit and the

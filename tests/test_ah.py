@@ -829,3 +829,24 @@ def test_pcap_roundtrip_with_ah(tmp_path):
     assert '"decrypted": 3' in r.stdout
     with open(tmp_path / "out.pcap", "rb") as f:
         assert [rec.data for rec in PcapReader(f)] == packets
+
+
+@pytest.mark.parametrize("mode,outer,version", [(Mode.TUNNEL, 4, 4), (Mode.TUNNEL, 6, 6),
+                                                (Mode.TRANSPORT, 4, 4), (Mode.TRANSPORT, 4, 6)])
+def test_protect_refuses_what_ip_cannot_carry(mode, outer, version):
+    """A packet whose AH-protected form needs an IP length over 65535 is refused (too_big) before
+    a sequence number or IPv4 identification is spent; 100 bytes less goes through."""
+    out = make_ah("sha256", Direction.OUT, mode=mode, outer=outer)
+    largest = 0xFFFF if version == 4 else 0xFFFF + 40          # the longest IPv4 / IPv6 packet
+
+    def packet(n):
+        if version == 4:
+            return raw(IP(src="198.51.100.1", dst="203.0.113.9") / UDP() / bytes(n - 28))
+        return raw(IPv6(src="2001:db8::1", dst="2001:db8::9") / UDP() / bytes(n - 48))
+
+    before, ident = out.state(), getattr(out.engine, "ident", None)
+    with pytest.raises(PacketDropped) as exc:
+        out.protect(packet(largest))
+    assert exc.value.reason is DropReason.TOO_BIG and "65535" in str(exc.value)
+    assert out.state() == before and getattr(out.engine, "ident", None) == ident
+    assert len(out.protect(packet(largest - 100))) > largest - 100

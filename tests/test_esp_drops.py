@@ -524,3 +524,21 @@ def test_fuzz_only_packet_dropped_comes_out(keyword, mode, outer, encap):
     assert {DropReason.MALFORMED, DropReason.AUTH_FAILED, DropReason.TRUNCATED} <= reasons, reasons
     for p, w in zip(inners, valid):
         assert inb.unprotect(w) == p
+
+
+# ----------------------------------------------------------------------------------------------
+# outbound: a packet whose protected form cannot carry an IP length
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,outer,version", [(Mode.TUNNEL, 4, 4), (Mode.TUNNEL, 6, 6),
+                                                (Mode.TRANSPORT, 4, 4), (Mode.TRANSPORT, 4, 6)])
+def test_protect_refuses_what_ip_cannot_carry(mode, outer, version):
+    out = make_sa("aes128gcm16", Direction.OUT, mode=mode, outer=outer)
+    inner = inner_v4 if version == 4 else inner_v6
+    before = out.state()
+    header = 28 if version == 4 else 48            # inner_v4/inner_v6 add IP + 8 bytes
+    largest = 0xFFFF if version == 4 else 0xFFFF + 40     # the longest IPv4 / IPv6 packet
+    with pytest.raises(PacketDropped) as exc:
+        out.protect(inner(largest - header))          # no room left for ESP
+    assert exc.value.reason is DropReason.TOO_BIG and "65535" in str(exc.value)
+    assert out.state() == before                 # no sequence number (so no nonce) spent
+    assert len(out.protect(inner(largest - header - 100))) > largest - 100    # 100 bytes less fits
