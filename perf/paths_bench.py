@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""What each step of the CPU batch path is worth, in one process (aesni, aes128gcm16, tunnel):
+
+  1. the per-packet loop (`esp_fast`, numpy hidden from `esp_vec`), glibc malloc defaults;
+  2. the vectorised path (`esp_vec`), malloc defaults;
+  3. the vectorised path after `ipsec_core.tuning.tune_allocator()` (as `ipsec perf` runs).
+
+The order is fixed because the allocator setting cannot be undone in a process.
+
+    python3 perf/paths_bench.py [--out perf/results/paths.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ipsec_core import esp_vec
+from ipsec_core.perf import measure
+from ipsec_core.tuning import tune_allocator
+
+SIZES = (64, 1400)
+
+
+def run(label: str, count: int, repeats: int) -> list[dict]:
+    rows = []
+    for size in SIZES:
+        for r in measure(backend="aesni", proposal="aes128gcm16", size=size, count=count,
+                         batch=256, repeats=repeats):
+            row = {"path": label, **r.as_dict()}
+            print(f"{label:28} {size:5} {r.direction:9} {r.pps:12,.0f} pps  bare {r.bare_pps:12,.0f}"
+                  f"  ratio {r.ratio:.2f}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="perf/results/paths.json")
+    ap.add_argument("--count", type=int, default=40960)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    if not esp_vec.available():
+        print("numpy is not installed: nothing to compare", file=sys.stderr)
+        return 1
+    numpy = esp_vec.np
+    esp_vec.np = None                    # SAs built now get the per-packet loop
+    rows = run("loop (esp_fast)", args.count, args.repeats)
+    esp_vec.np = numpy
+    rows += run("vectorised (esp_vec)", args.count, args.repeats)
+    tune_allocator()
+    rows += run("vectorised + tune_allocator", args.count, args.repeats)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"command": "python3 perf/paths_bench.py", "records": rows},
+                                         indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
