@@ -21,6 +21,8 @@ from __future__ import annotations
 import operator
 from itertools import repeat
 
+from ipsec_core.errors import AuthenticationError
+from ipsec_core.esp_fast import _limits_allow
 from ipsec_core.packet.ip import IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_UDP
 
 try:                      # optional accelerator (the `fast` extra)
@@ -48,11 +50,6 @@ def vector_paths(engine, scalar_protect, scalar_unprotect):
     protect = _make_protect(engine, scalar_protect) if scalar_protect is not None else None
     unprotect = _make_unprotect(engine, scalar_unprotect) if scalar_unprotect is not None else None
     return protect, unprotect
-
-
-def _limits_allow(sa, packets: int, octets: int) -> bool:
-    from ipsec_core.esp_fast import _limits_allow as allow
-    return allow(sa, packets, octets)
 
 
 def _struct(fields: list[tuple[str, str, int]], size: int):
@@ -184,7 +181,6 @@ def _make_unprotect(engine, scalar):
     proto = IPPROTO_UDP if encap else IPPROTO_ESP
     salt = engine.salt
     decrypt = getattr(engine.aead, "fast_decrypt", engine.aead.decrypt)
-    from ipsec_core.errors import AuthenticationError
     bad_tag = tuple(getattr(engine.aead, "fast_decrypt_errors", ())) + (AuthenticationError,)
     min_len = esp_at + engine.min_esp
     in_dt = _struct([("w0", ">u2", 0), ("tot", ">u2", 2), ("aad", "V8", esp_at),
