@@ -34,6 +34,16 @@ def _limits_allow(sa, packets: int, octets: int) -> bool:
     return True
 
 
+def check_lifetime_before_protect(sa, now) -> None:
+    """`sa.check_lifetime`, with the error carrying `.partial = []` as `protect_each` reports a
+    batch that stopped before its first packet."""
+    try:
+        sa.check_lifetime(now)
+    except Exception as exc:
+        exc.partial = []
+        raise
+
+
 def fast_paths(engine):
     """(protect_batch, unprotect_batch) specialised for `engine`, or (None, None)."""
     if (engine.kind is not CipherKind.AEAD or not engine.tunnel or engine.esn
@@ -80,11 +90,7 @@ def _make_protect(engine):
                 sa, n, sum(map(len, packets)))):
             return engine.protect_batch_generic(packets, now)
         if sa._has_lifetime or sa.hard_expired:
-            try:
-                sa.check_lifetime(now)
-            except Exception as exc:
-                exc.partial = []                  # as protect_each reports it
-                raise
+            check_lifetime_before_protect(sa, now)
         ident = engine.ident
         stats = sa.stats
         out = []

@@ -22,7 +22,7 @@ import operator
 from itertools import repeat
 
 from ipsec_core.errors import AuthenticationError
-from ipsec_core.esp_fast import _limits_allow
+from ipsec_core.esp_fast import _limits_allow, check_lifetime_before_protect
 from ipsec_core.packet.ip import IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_UDP
 
 try:                      # optional accelerator (the `fast` extra)
@@ -131,11 +131,7 @@ def _make_protect(engine, scalar):
                 or sa._has_lifetime and not _limits_allow(sa, n, int(lens.sum()))):
             return scalar(packets, now)
         if sa._has_lifetime or sa.hard_expired:
-            try:
-                sa.check_lifetime(now)
-            except Exception as exc:
-                exc.partial = []                  # as protect_each reports it
-                raise
+            check_lifetime_before_protect(sa, now)
         ident = engine.ident
         r = lens & 3
         total = lens + grow[r]
