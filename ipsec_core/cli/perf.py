@@ -175,7 +175,11 @@ def _table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="ESP throughput (inner bytes); bare = the backend's primitive alone, same run")
+    first = rows[0]
+    caption = (f"batch {first['batch']}; allocator: {first['allocator']}; numpy batch path: "
+               f"{'yes' if first['vectorised'] else 'no (pip install ipsec-suite[fast])'}")
+    table = Table(title="ESP throughput (inner bytes); bare = the backend's primitive alone, same run",
+                  caption=caption)
     for col in ("backend", "proposal", "mode", "size", "direction", "packets/s", "Gbit/s",
                 "overhead B", "bare packets/s", "ratio"):
         table.add_column(col, justify="right" if col not in ("backend", "proposal", "mode", "direction") else "left")
