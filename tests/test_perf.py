@@ -90,3 +90,34 @@ def test_tune_allocator_reports_state():
     assert before == "default" and after == state
     if __import__("platform").libc_ver()[0] == "glibc":
         assert after == "glibc: keeps 8 MiB of freed heap"
+
+
+# -- the benchmark scripts under perf/ (their shape, not their speed) ---------------------------
+PERF_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "perf"
+
+
+def test_paths_bench_compares_the_three_paths(tmp_path):
+    out = tmp_path / "paths.json"
+    done = subprocess.run([sys.executable, str(PERF_DIR / "paths_bench.py"), "--count", "512", "--repeats", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["records"]
+    paths = ["loop (esp_fast)", "vectorised (esp_vec)", "vectorised + tune_allocator"]
+    assert [r["path"] for r in rows] == [p for p in paths for _ in range(4)]
+    assert [r["vectorised"] for r in rows] == [False] * 4 + [True] * 8
+    assert {r["allocator"] for r in rows[:8]} == {"default"}
+    assert all(FIELDS <= set(r) and r["ratio"] > 0 for r in rows)
+
+
+def test_cpu_bench_quick_run_writes_records_imix_scapy_and_plot(tmp_path):
+    out, plot = tmp_path / "cpu.json", tmp_path / "cpu.png"
+    done = subprocess.run([sys.executable, str(PERF_DIR / "cpu_bench.py"), "--quick", "--repeats", "1",
+                           "--out", str(out), "--plot", str(plot)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["command"] == "python3 perf/cpu_bench.py --quick"
+    combos = {(r["backend"], r["proposal"], r["size"], r["direction"]) for r in result["records"]}
+    assert len(combos) == 3 * 3 * 3 * 2 == len(result["records"])
+    assert {"protect_ratio", "unprotect_ratio", "protect_pps", "unprotect_pps"} <= set(result["imix"])
+    assert [s["size"] for s in result["scapy"]] == [64, 1400]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
