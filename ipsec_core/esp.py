@@ -17,10 +17,10 @@ import struct
 
 from ipsec_core import esp_offload
 from ipsec_core.errors import AuthenticationError, DropReason, LocalError, PacketDropped
-from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE,
-                                  IPPROTO_UDP, IPV4_HEADER_BYTES, IPV6_HEADER_BYTES, build_ipv4,
-                                  build_ipv6, checksum, fix_ipv4_header, ipv4_header_len,
-                                  ipv6_is_fragment, ipv6_split)
+from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_FRAGMENT, IPPROTO_IPIP, IPPROTO_IPV6,
+                                  IPPROTO_NONE, IPPROTO_UDP, IPV4_HEADER_BYTES, IPV6_HEADER_BYTES,
+                                  build_ipv4, build_ipv6, checksum, fix_ipv4_header,
+                                  ipv4_header_len, ipv6_headers, ipv6_is_fragment, ipv6_split)
 from ipsec_core.transforms import CipherKind
 from ipsec_core.tunnel import (decapsulate, ecn_decapsulate, outer_header, protect_each,
                                refuse_over_ip_limit, unprotect_each)
@@ -94,8 +94,11 @@ class EspEngine:
             fits = self._tunnel_payload_fitting(cfg.mtu) if cfg.mtu else 0xFFFF
             self.tfc_pad_to = fits if cfg.tfc_padding == "mtu" else min(cfg.tfc_padding, fits)
         from ipsec_core.esp_fast import fast_paths
-        from ipsec_core.esp_vec import vector_paths
-        self._fast_protect, self._fast_unprotect = vector_paths(self, *fast_paths(self))
+        from ipsec_core.esp_vec import transport_paths, vector_paths
+        if self.tunnel:
+            self._fast_protect, self._fast_unprotect = vector_paths(self, *fast_paths(self))
+        else:
+            self._fast_protect, self._fast_unprotect = transport_paths(self)
         if self.tfc_pad_to or self.df_bit != "copy":
             self._fast_protect = None      # the fast loop writes neither TFC padding nor DF policy
         # A backend that seals many packets per call (the GPU) gets whole batches.
@@ -124,12 +127,18 @@ class EspEngine:
             head = None
         elif version == 4:
             ihl = ipv4_header_len(packet)
+            if ((packet[6] << 8) | packet[7]) & 0x3FFF:
+                raise LocalError("ESP transport mode applies to whole packets (RFC 4301 7): "
+                                 "this is an IPv4 fragment")
             total = (packet[2] << 8) | packet[3]
             head = bytearray(packet[:ihl])
             nh = head[9]
             payload = packet[ihl:total]
         elif version == 6:
             off, nh_at, nh = ipv6_split(packet)
+            if any(proto == IPPROTO_FRAGMENT for proto, at, _ in ipv6_headers(packet) if at < off):
+                raise LocalError("ESP transport mode applies to whole packets (RFC 4301 7): "
+                                 "this is an IPv6 fragment")
             head = bytearray(packet[:off])
             head[nh_at] = IPPROTO_ESP if not self.encap else IPPROTO_UDP
             payload = packet[off:]

@@ -85,6 +85,8 @@ def _make_protect(engine):
 
     def protect_batch(packets, now):
         n = len(packets)
+        if not n:
+            return []
         seq = sa.seq
         if seq + n > 0xFFFFFFFF or (sa._has_lifetime and not _limits_allow(
                 sa, n, sum(map(len, packets)))):
@@ -167,11 +169,8 @@ def _make_unprotect(engine):
         n = len(packets)
         if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n):
             return engine.unprotect_batch_generic(packets, now)
-        if sa._has_lifetime or sa.hard_expired:
-            try:
-                sa.check_lifetime(now)
-            except Exception:
-                return engine.unprotect_batch_generic(packets, now)
+        if (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now):
+            return engine.unprotect_batch_generic(packets, now)     # it decides which packet sees it
         top, bitmap = replay.top, replay.bitmap
         out = []
         append = out.append

@@ -1,5 +1,6 @@
-"""Vectorised batch paths (numpy) for the common ESP case of `esp_fast`: a combined-mode cipher
-in tunnel mode over IPv4, with or without UDP encapsulation, 32-bit sequence numbers.
+"""Vectorised batch paths (numpy) for the common ESP cases: a combined-mode cipher (AES-GCM,
+AES-CCM, ChaCha20-Poly1305) with 32-bit sequence numbers, with or without UDP encapsulation, in
+tunnel mode over IPv4 (the case of `esp_fast`) and in transport mode for IPv4 packets.
 
 Owns: one pass per batch instead of one Python iteration per packet.  The header fields of all
 packets are read with one `join` and checked with numpy; outer IPv4 headers, UDP headers, ESP
@@ -14,7 +15,9 @@ sequence number that is not right of the window and increasing, a forged tag, pa
 bytes, an ECN combination, a lifetime edge, a batch too small to gain) goes to the scalar
 fast loop, which handles every packet exactly as one-by-one processing does; so bytes, verdicts,
 sequence numbers, replay state and counters are always those of `protect` / `unprotect` in
-order (`tests/test_esp_vec.py`).  numpy is optional: without it the scalar loop is used.
+order (`tests/test_esp_vec.py`).  Transport mode has no per-packet fast loop: its unusual
+batches (IPv6, options, fragments, dummy packets...) go to the engine's generic loop
+(`tests/test_esp_vec_transport.py`).  numpy is optional: without it the loops are used.
 """
 from __future__ import annotations
 
@@ -249,11 +252,8 @@ def _make_unprotect(engine, scalar):
             return scalar(packets, now)
         if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n):
             return scalar(packets, now)
-        if sa._has_lifetime or sa.hard_expired:
-            try:
-                sa.check_lifetime(now)
-            except Exception:
-                return scalar(packets, now)
+        if (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now):
+            return scalar(packets, now)
         joined = b"".join(map(head, packets))
         if len(joined) != ct_at * n:
             return scalar(packets, now)
@@ -305,6 +305,228 @@ def _make_unprotect(engine, scalar):
         replay.top, replay.bitmap = last, bitmap
         stats.packets += n
         stats.bytes += sum(cl)
+        return out
+
+    return unprotect_batch
+
+
+# -- transport mode ------------------------------------------------------------------------------
+def transport_paths(engine):
+    """(protect_batch, unprotect_batch) for an AEAD transport-mode SA without ESN, vectorised
+    for IPv4 packets without options or fragments; anything else goes to the engine's generic
+    loops (there is no per-packet fast loop for transport mode).  (None, None) when this SA is
+    not such an SA or numpy is missing."""
+    from ipsec_core.transforms import CipherKind
+
+    if np is None or engine.kind is not CipherKind.AEAD or engine.tunnel or engine.esn:
+        return None, None
+    return (_make_transport_protect(engine, engine.protect_batch_generic),
+            _make_transport_unprotect(engine, engine.unprotect_batch_generic))
+
+
+def _ipv4_checksums(heads, n: int, head_len: int):
+    """RFC 1071 checksums of the 20-byte IPv4 headers at the start of each record of `heads`
+    (whose checksum fields are zero), as an array."""
+    s = np.ascontiguousarray(heads.view(np.uint8).reshape(n, head_len)[:, :20]).view(">u2").sum(axis=1)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return 0xFFFF - s
+
+
+def _make_transport_protect(engine, generic):
+    sa = engine.sa
+    stats = sa.stats
+    encap = engine.encap
+    udp = 8 if encap else 0
+    proto = IPPROTO_UDP if encap else IPPROTO_ESP
+    salt = engine.salt
+    encrypt = engine.aead.encrypt
+    icv = engine.icv_bytes
+    esp_at = 20 + udp
+    head_len = esp_at + 16
+    # The packet's own IPv4 header (protocol, total length and checksum rewritten), [UDP], ESP
+    # header and IV (the 64-bit sequence number; its high half is 0 without ESN).
+    fields = [("ip", "V20", 0), ("tot", ">u2", 2), ("proto", "u1", 9), ("csum", ">u2", 10),
+              ("spi", "V4", esp_at), ("seq", ">u4", esp_at + 4), ("iv", ">u4", esp_at + 12)]
+    if encap:
+        fields += [("sport", ">u2", 20), ("dport", ">u2", 22), ("ulen", ">u2", 24)]
+    head_dt = _struct(fields, head_len)
+    head_bytes = np.dtype(f"V{head_len}")
+    aad_view = _struct([("aad", "V8", esp_at)], head_len)
+    nonce_dt = _struct([("salt", f"V{len(salt)}", 0), ("iv", ">u4", len(salt) + 4)],
+                       len(salt) + 8)
+    nonce_bytes = np.dtype(f"V{len(salt) + 8}")
+    in_dt = _struct([("ip", "V20", 0), ("tot", ">u2", 2), ("frag", ">u2", 6), ("proto", "u1", 9)], 20)
+    first20 = operator.itemgetter(slice(0, 20))
+    body = operator.itemgetter(slice(20, None))
+    concat = operator.concat
+    # Trailer per (payload length mod 4, next header): index r * 256 + next header.
+    trailers = [_PAD[:-(r + 2) % 4] + bytes((-(r + 2) % 4, nh)) for r in range(4) for nh in range(256)]
+    grow = np.array([head_len + 2 + -(r + 2) % 4 + icv - 20 for r in range(4)], dtype=np.int64)
+    largest = 0xFFFF - int(grow.max())
+    spi = np.frombuffer(engine.spi_bytes, "V4")[0]
+    bufs = {}
+
+    def buffers(n):
+        have = bufs.get("cap", 0)
+        if n > have:
+            cap = max(n, 2 * have)
+            heads = np.zeros(cap, head_dt)
+            heads["spi"] = spi
+            if encap:
+                heads["sport"], heads["dport"] = encap
+            nonces = np.zeros(cap, nonce_dt)
+            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
+            bufs.update(cap=cap, heads=heads, nonces=nonces)
+        return bufs["heads"][:n], bufs["nonces"][:n]
+
+    def protect_batch(packets, now):
+        n = len(packets)
+        seq = sa.seq
+        if n < MIN_PROTECT_BATCH or seq + n > 0xFFFFFFFF:
+            return generic(packets, now)
+        first = b"".join(map(first20, packets))
+        # Every packet IPv4 without options (0x45), exactly its total length, not a fragment.
+        if len(first) != 20 * n or first[::20].strip(b"\x45"):
+            return generic(packets, now)
+        h = np.frombuffer(first, in_dt)
+        lens = h["tot"].astype(np.int64)
+        if (list(map(len, packets)) != lens.tolist() or lens.min() < 20 or lens.max() > largest
+                or (h["frag"] & 0x3FFF).any()
+                or sa._has_lifetime and not _limits_allow(sa, n, int(lens.sum()))):
+            return generic(packets, now)
+        if sa._has_lifetime or sa.hard_expired:
+            check_lifetime_before_protect(sa, now)
+        r = lens & 3                        # payload length = total - 20: the same mod 4
+        total = lens + grow[r]
+        seqs = np.arange(seq + 1, seq + n + 1, dtype=np.int64)
+        heads, nonces = buffers(n)
+        heads["ip"] = h["ip"]
+        heads["tot"], heads["proto"], heads["csum"] = total, proto, 0
+        heads["csum"] = _ipv4_checksums(heads, n, head_len)
+        heads["seq"] = heads["iv"] = nonces["iv"] = seqs
+        if encap:
+            heads["ulen"] = total - 20
+        try:
+            out = list(map(concat, heads.view(head_bytes).tolist(),
+                           map(encrypt, nonces.view(nonce_bytes).tolist(),
+                               map(concat, map(body, packets),
+                                   map(trailers.__getitem__, (r * 256 + h["proto"]).tolist())),
+                               heads.view(aad_view)["aad"].tolist())))
+        except Exception:
+            return generic(packets, now)    # nothing has changed yet: the generic loop decides
+        sa.seq = seq + n
+        stats.packets += n
+        stats.bytes += int(lens.sum())
+        return out
+
+    return protect_batch
+
+
+def _make_transport_unprotect(engine, generic):
+    sa = engine.sa
+    stats = sa.stats
+    replay = sa.replay
+    encap = engine.encap
+    esp_at = 28 if encap else 20
+    iv_at, ct_at = esp_at + 8, esp_at + 16
+    icv = engine.icv_bytes
+    proto = IPPROTO_UDP if encap else IPPROTO_ESP
+    salt = engine.salt
+    decrypt = getattr(engine.aead, "fast_decrypt", engine.aead.decrypt)
+    bad_tag = tuple(getattr(engine.aead, "fast_decrypt_errors", ())) + (AuthenticationError,)
+    min_len = esp_at + engine.min_esp
+    in_dt = _struct([("ip", "V20", 0), ("tot", ">u2", 2), ("aad", "V8", esp_at),
+                     ("seq", ">u4", esp_at + 4), ("iv", "V8", iv_at)], ct_at)
+    fixed = [(0, 0xFF, 0x45), (6, 0x3F, 0), (7, 0xFF, 0), (9, 0xFF, proto)]
+    fixed += [(esp_at + i, 0xFF, b) for i, b in enumerate(engine.spi_bytes)]
+    if encap:
+        fixed += [(22, 0xFF, encap[1] >> 8), (23, 0xFF, encap[1] & 0xFF)]
+    cols, masks, values = (np.array(c, dtype=np.intp if i == 0 else np.uint8)
+                           for i, c in enumerate(zip(*fixed)))
+    head_dt = _struct([("ip", "V20", 0), ("tot", ">u2", 2), ("proto", "u1", 9), ("csum", ">u2", 10)], 20)
+    head_bytes = np.dtype("V20")
+    nonce_dt = _struct([("salt", f"V{len(salt)}", 0), ("iv", "V8", len(salt))], len(salt) + 8)
+    nonce_bytes = np.dtype(f"V{len(salt) + 8}")
+    head = operator.itemgetter(slice(0, ct_at))
+    body = operator.itemgetter(slice(ct_at, None))
+    last8 = operator.itemgetter(slice(-8, None))
+    getitem, concat = operator.getitem, operator.concat
+    # RFC 4303 2.4: for pad length p, the p + 1 bytes before the next header are 1, 2, ..., p, p.
+    # Pad lengths over 3 fail here (mask 0, want 1) and go to the generic loop.
+    pad_mask = np.zeros(256, np.uint64)
+    pad_want = np.ones(256, np.uint64)
+    for p in range(4):
+        pad_mask[p] = (1 << (8 * (p + 1))) - 1
+        pad_want[p] = int.from_bytes(_PAD[:p] + bytes((p,)), "big")
+    overhead = ct_at + icv + 2
+    bufs = {}
+
+    def buffers(n):
+        if n > bufs.get("cap", 0):
+            cap = max(n, 2 * bufs.get("cap", 0))
+            nonces = np.zeros(cap, nonce_dt)
+            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
+            bufs.update(cap=cap, nonces=nonces, heads=np.zeros(cap, head_dt))
+        return bufs["nonces"][:n], bufs["heads"][:n]
+
+    def unprotect_batch(packets, now):
+        n = len(packets)
+        size = replay.size
+        if n < MIN_UNPROTECT_BATCH or not size:
+            return generic(packets, now)
+        if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n):
+            return generic(packets, now)
+        if (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now):
+            return generic(packets, now)
+        joined = b"".join(map(head, packets))
+        if len(joined) != ct_at * n:
+            return generic(packets, now)
+        h = np.frombuffer(joined, in_dt)
+        lens = h["tot"].astype(np.int64)
+        seqs = h["seq"].astype(np.int64)
+        top = replay.top
+        if (list(map(len, packets)) != lens.tolist() or lens.min() < min_len or seqs[0] <= top
+                or ((np.frombuffer(joined, np.uint8).reshape(n, ct_at)[:, cols] & masks)
+                    != values).any() or (seqs[1:] <= seqs[:-1]).any()):
+            return generic(packets, now)
+        nonces, heads = buffers(n)
+        nonces["iv"] = h["iv"]
+        try:
+            pts = list(map(decrypt, nonces.view(nonce_bytes).tolist(), map(body, packets),
+                           h["aad"].tolist()))
+        except bad_tag:
+            return generic(packets, now)    # a forged packet: the generic loop drops exactly it
+        tails = b"".join(map(last8, pts))
+        if len(tails) != 8 * n:
+            return generic(packets, now)
+        x = np.frombuffer(tails, ">u8").astype(np.uint64)
+        pad = ((x >> np.uint64(8)) & np.uint64(0xFF)).astype(np.intp)
+        nh = (x & np.uint64(0xFF)).astype(np.int64)
+        cut = lens - overhead - pad
+        # Valid padding, not a dummy packet (next header 59: dropped, by the generic loop).
+        if (((x >> np.uint64(8)) & pad_mask[pad]) != pad_want[pad]).any() or cut.min() < 0 \
+                or (nh == 59).any():
+            return generic(packets, now)
+        # The inner packet: the outer IPv4 header with the next header as protocol, its length
+        # and checksum rewritten (RFC 4303 3.1.1), then the payload.
+        heads["ip"] = h["ip"]
+        heads["tot"], heads["proto"], heads["csum"] = cut + 20, nh, 0
+        heads["csum"] = _ipv4_checksums(heads, n, 20)
+        cl = cut.tolist()
+        out = list(map(concat, heads.view(head_bytes).tolist(), map(getitem, pts, map(slice, cl))))
+        last = int(seqs[-1])
+        shift = last - top
+        bitmap = (replay.bitmap << shift) & ((1 << size) - 1) if shift < size else 0
+        if last - int(seqs[0]) == n - 1:
+            bitmap |= (1 << min(n, size)) - 1
+        else:
+            for back in (last - seqs).tolist():
+                if back < size:
+                    bitmap |= 1 << back
+        replay.top, replay.bitmap = last, bitmap
+        stats.packets += n
+        stats.bytes += sum(cl) + 20 * n
         return out
 
     return unprotect_batch

@@ -249,6 +249,19 @@ class SecurityAssociation:
         if self.soft_expired is None:
             self.soft_expired = self.config.soft.reached(**usage)
 
+    def lifetime_event_due(self, now: float | None) -> bool:
+        """Whether `check_lifetime(now)` would raise or note a soft limit; False means it would
+        change nothing.  Side-effect free: batch paths ask it instead of checking up front, since
+        one-by-one processing only reaches the check for packets that get that far."""
+        if self.hard_expired:
+            return True
+        if not self._has_lifetime:
+            return False
+        age = (time.monotonic() if now is None else now) - self.installed_at
+        usage = dict(octets=self.stats.bytes, packets=self.stats.packets, age=age)
+        return bool(self.config.hard.reached(**usage)) or (
+            self.soft_expired is None and bool(self.config.soft.reached(**usage)))
+
     def next_seq(self, now: float | None) -> int:
         """The sequence number the next outbound packet gets, after the lifetime check; raises
         SequenceOverflow rather than wrap (RFC 4303 3.3.3).  Changes nothing: the engine stores

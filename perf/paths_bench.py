@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""What each step of the CPU batch path is worth, in one process (aesni, aes128gcm16, tunnel):
+"""What each step of the CPU batch path is worth, in one process (aesni, aes128gcm16, tunnel and
+transport mode):
 
-  1. the per-packet loop (`esp_fast`, numpy hidden from `esp_vec`), glibc malloc defaults;
+  1. the per-packet loop (numpy hidden from `esp_vec`: `esp_fast` in tunnel mode, the generic
+     loop in transport mode), glibc malloc defaults;
   2. the vectorised path (`esp_vec`), malloc defaults;
   3. the vectorised path after `ipsec_core.tuning.tune_allocator()` (as `ipsec perf` runs).
 
@@ -25,13 +27,14 @@ SIZES = (64, 1400)
 
 def run(label: str, count: int, repeats: int) -> list[dict]:
     rows = []
-    for size in SIZES:
-        for r in measure(backend="aesni", proposal="aes128gcm16", size=size, count=count,
-                         batch=256, repeats=repeats):
-            row = {"path": label, **r.as_dict()}
-            print(f"{label:28} {size:5} {r.direction:9} {r.pps:12,.0f} pps  bare {r.bare_pps:12,.0f}"
-                  f"  ratio {r.ratio:.2f}", flush=True)
-            rows.append(row)
+    for mode in ("tunnel", "transport"):
+        for size in SIZES:
+            for r in measure(backend="aesni", proposal="aes128gcm16", size=size, count=count,
+                             batch=256, repeats=repeats, mode=mode):
+                row = {"path": label, **r.as_dict()}
+                print(f"{label:28} {mode:9} {size:5} {r.direction:9} {r.pps:12,.0f} pps  bare "
+                      f"{r.bare_pps:12,.0f}  ratio {r.ratio:.2f}", flush=True)
+                rows.append(row)
     return rows
 
 

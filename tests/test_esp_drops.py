@@ -542,3 +542,26 @@ def test_protect_refuses_what_ip_cannot_carry(mode, outer, version):
     assert exc.value.reason is DropReason.TOO_BIG and "65535" in str(exc.value)
     assert out.state() == before                 # no sequence number (so no nonce) spent
     assert len(out.protect(inner(largest - header - 100))) > largest - 100    # 100 bytes less fits
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_transport_mode_refuses_fragments(version):
+    """Transport mode applies to whole packets (RFC 4301 7): a fragment handed to protect is a
+    local error, and nothing (sequence number, nonce) is spent on it."""
+    from ipsec_core.errors import LocalError
+
+    out = make_sa("aes128gcm16", Direction.OUT, mode=Mode.TRANSPORT)
+    if version == 4:
+        packet = bytearray(inner_v4(40))
+        packet[6] = 0x20                         # more fragments
+        packet[10:12] = b"\0\0"
+        packet[10:12] = _checksum(bytes(packet[:20])).to_bytes(2, "big")
+    else:
+        whole = inner_v6(40)
+        frag = bytes((17, 0, 0, 1)) + bytes(4)   # next header UDP, offset 0, M = 1
+        packet = bytearray(whole[:4] + (len(whole) - 40 + 8).to_bytes(2, "big") + bytes((44,))
+                           + whole[7:40] + frag + whole[40:])
+    before = out.state()
+    with pytest.raises(LocalError, match="fragment"):
+        out.protect(bytes(packet))
+    assert out.state() == before

@@ -103,9 +103,10 @@ def test_paths_bench_compares_the_three_paths(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["records"]
     paths = ["loop (esp_fast)", "vectorised (esp_vec)", "vectorised + tune_allocator"]
-    assert [r["path"] for r in rows] == [p for p in paths for _ in range(4)]
-    assert [r["vectorised"] for r in rows] == [False] * 4 + [True] * 8
-    assert {r["allocator"] for r in rows[:8]} == {"default"}
+    assert [r["path"] for r in rows] == [p for p in paths for _ in range(8)]
+    assert [r["mode"] for r in rows[:8]] == ["tunnel"] * 4 + ["transport"] * 4
+    assert [r["vectorised"] for r in rows] == [False] * 8 + [True] * 16
+    assert {r["allocator"] for r in rows[:16]} == {"default"}
     assert all(FIELDS <= set(r) and r["ratio"] > 0 for r in rows)
 
 
