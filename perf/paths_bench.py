@@ -49,7 +49,7 @@ def main() -> int:
         return 1
     numpy = esp_vec.np
     esp_vec.np = None                    # SAs built now get the per-packet loop
-    rows = run("loop (esp_fast)", args.count, args.repeats)
+    rows = run("per-packet loop", args.count, args.repeats)
     esp_vec.np = numpy
     rows += run("vectorised (esp_vec)", args.count, args.repeats)
     tune_allocator()

@@ -102,7 +102,7 @@ def test_paths_bench_compares_the_three_paths(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["records"]
-    paths = ["loop (esp_fast)", "vectorised (esp_vec)", "vectorised + tune_allocator"]
+    paths = ["per-packet loop", "vectorised (esp_vec)", "vectorised + tune_allocator"]
     assert [r["path"] for r in rows] == [p for p in paths for _ in range(8)]
     assert [r["mode"] for r in rows[:8]] == ["tunnel"] * 4 + ["transport"] * 4
     assert [r["vectorised"] for r in rows] == [False] * 8 + [True] * 16
