@@ -60,14 +60,174 @@ def _struct(fields: list[tuple[str, str, int]], size: int):
                      "offsets": [f[2] for f in fields], "itemsize": size})
 
 
+def _grower(make):
+    """`get(n)`: the first n records of arrays built by `make(capacity)` (constant fields filled
+    there, once), rebuilt twice as large when a batch outgrows them."""
+    held = {"cap": 0}
+
+    def get(n):
+        if n > held["cap"]:
+            held["cap"] = max(n, 2 * held["cap"])
+            held["arrays"] = make(held["cap"])
+        return [a[:n] for a in held["arrays"]]
+    return get
+
+
+def _nonces(salt: bytes, iv_format: str, cap: int):
+    """`cap` nonces: the SA's salt, then an 8-byte IV field (`iv_format` ">u4" at offset 4 of
+    it, the low half of a 64-bit sequence number, or "V8" for IVs copied from packets)."""
+    at = len(salt) + (4 if iv_format == ">u4" else 0)
+    nonces = np.zeros(cap, _struct([("salt", f"V{len(salt)}", 0), ("iv", iv_format, at)],
+                                   len(salt) + 8))
+    nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
+    return nonces
+
+
+def _esp_heads(dtype, cap: int, engine):
+    """`cap` header records with the SPI [and the UDP ports] filled in."""
+    heads = np.zeros(cap, dtype)
+    heads["spi"] = np.frombuffer(engine.spi_bytes, "V4")[0]
+    if engine.encap:
+        heads["sport"], heads["dport"] = engine.encap
+    return heads
+
+
+def _ipv4_starts(packets, k: int, first=None):
+    """The first `k` bytes of every packet, joined, when every packet has them and starts as
+    IPv4 without options (0x45); else None."""
+    joined = b"".join(map(first or operator.itemgetter(slice(0, k)), packets))
+    if len(joined) != k * len(packets) or joined[::k].strip(b"\x45"):
+        return None
+    return joined
+
+
+def _seal(encrypt, heads, head_bytes, aad_view, nonces, plaintexts):
+    """header + AEAD(nonce, plaintext, AAD) per packet: C-level `map` over the library's method."""
+    return list(map(operator.concat, heads.view(head_bytes).tolist(),
+                    map(encrypt, nonces.view(f"V{nonces.dtype.itemsize}").tolist(), plaintexts,
+                        heads.view(aad_view)["aad"].tolist())))
+
+
+def _protect_commit(sa, n: int, octets: int) -> None:
+    sa.seq += n
+    sa.stats.packets += n
+    sa.stats.bytes += octets
+
+
+class _Opener:
+    """What batch unprotect does the same way in both modes: the checks that the batch is the
+    common case (lengths, fixed header bytes, SPI, [UDP port], sequence numbers right of the
+    window and increasing, no lifetime edge), the AEAD over the batch, and at the end the
+    replay window and counters as one-by-one processing leaves them."""
+
+    def __init__(self, engine):
+        sa = self.sa = engine.sa
+        self.replay = sa.replay
+        encap = engine.encap
+        self.esp_at = esp_at = 28 if encap else 20
+        self.ct_at = ct_at = esp_at + 16
+        proto = IPPROTO_UDP if encap else IPPROTO_ESP
+        self.min_len = esp_at + engine.min_esp
+        self.in_dt = _struct([("ip", "V20", 0), ("w0", ">u2", 0), ("tot", ">u2", 2),
+                              ("aad", "V8", esp_at), ("seq", ">u4", esp_at + 4),
+                              ("iv", "V8", esp_at + 8)], ct_at)
+        # Bytes that must hold fixed values: version/IHL 0x45, no fragment (flags other than DF,
+        # offset), the protocol, the SPI, and with UDP encapsulation the destination port.
+        fixed = [(0, 0xFF, 0x45), (6, 0x3F, 0), (7, 0xFF, 0), (9, 0xFF, proto)]
+        fixed += [(esp_at + i, 0xFF, b) for i, b in enumerate(engine.spi_bytes)]
+        if encap:
+            fixed += [(22, 0xFF, encap[1] >> 8), (23, 0xFF, encap[1] & 0xFF)]
+        self.cols, self.masks, self.values = (np.array(c, dtype=np.intp if i == 0 else np.uint8)
+                                              for i, c in enumerate(zip(*fixed)))
+        self.head = operator.itemgetter(slice(0, ct_at))
+        self.body = operator.itemgetter(slice(ct_at, None))
+        self.decrypt = getattr(engine.aead, "fast_decrypt", engine.aead.decrypt)
+        self.bad_tag = tuple(getattr(engine.aead, "fast_decrypt_errors", ())) + (AuthenticationError,)
+        self.nonces = _grower(lambda cap: [_nonces(engine.salt, "V8", cap)])
+
+    def open(self, packets, now):
+        """(header fields, lengths, sequence numbers, plaintexts) of a common-case batch, or
+        None (then nothing has changed: the caller hands the batch to its loop)."""
+        sa, replay = self.sa, self.replay
+        n = len(packets)
+        if n < MIN_UNPROTECT_BATCH or not replay.size:
+            return None
+        if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n):
+            return None
+        # A batch at a lifetime edge goes to the loop, which meets it at the first packet that
+        # gets that far (one-by-one processing never checks for packets dropped earlier).
+        if (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now):
+            return None
+        ct_at = self.ct_at
+        joined = b"".join(map(self.head, packets))
+        if len(joined) != ct_at * n:
+            return None
+        h = np.frombuffer(joined, self.in_dt)
+        lens = h["tot"].astype(np.int64)
+        seqs = h["seq"].astype(np.int64)
+        # Replay: every packet right of the window and increasing, so each is new when its
+        # turn comes (whatever the verdicts before it).
+        if (list(map(len, packets)) != lens.tolist() or lens.min() < self.min_len
+                or seqs[0] <= replay.top
+                or ((np.frombuffer(joined, np.uint8).reshape(n, ct_at)[:, self.cols] & self.masks)
+                    != self.values).any() or (seqs[1:] <= seqs[:-1]).any()):
+            return None
+        nonces, = self.nonces(n)
+        nonces["iv"] = h["iv"]
+        try:
+            pts = list(map(self.decrypt, nonces.view(f"V{nonces.dtype.itemsize}").tolist(),
+                           map(self.body, packets), h["aad"].tolist()))
+        except self.bad_tag:
+            return None                 # a forged packet: the loop drops exactly that one
+        return h, lens, seqs, pts
+
+    def commit(self, seqs, octets: int) -> None:
+        """Advance the window over `seqs` (all accepted, increasing) and count the packets."""
+        replay = self.replay
+        size, top, n = replay.size, replay.top, len(seqs)
+        last = int(seqs[-1])
+        shift = last - top
+        bitmap = (replay.bitmap << shift) & ((1 << size) - 1) if shift < size else 0
+        if last - int(seqs[0]) == n - 1:            # consecutive: a run of n bits
+            bitmap |= (1 << min(n, size)) - 1
+        else:
+            for back in (last - seqs).tolist():
+                if back < size:
+                    bitmap |= 1 << back
+        replay.top, replay.bitmap = last, bitmap
+        self.sa.stats.packets += n
+        self.sa.stats.bytes += octets
+
+
+def _pad_table(with_next_header: int | None):
+    """(mask, want) arrays indexed by pad length for the RFC 4303 2.4 trailer check on the last
+    8 plaintext bytes as one integer: pad length p needs 1, 2, ..., p, p [and the next header]
+    at the end.  Pad lengths over 3 (legal, never sent for 4-byte alignment) get mask 0 and
+    want 1: they fail, and the batch goes to the loop."""
+    mask, want = np.zeros(256, np.uint64), np.ones(256, np.uint64)
+    for p in range(4):
+        tail = _PAD[:p] + bytes((p,)) + (bytes((with_next_header,)) if with_next_header is not None else b"")
+        mask[p] = (1 << (8 * len(tail))) - 1
+        want[p] = int.from_bytes(tail, "big")
+    return mask, want
+
+
+def _tails(pts):
+    """The last 8 bytes of every plaintext as big-endian integers, or None if one is shorter."""
+    tails = b"".join(map(_LAST8, pts))
+    if len(tails) != 8 * len(pts):
+        return None
+    return np.frombuffer(tails, ">u8").astype(np.uint64)
+
+
+_LAST8 = operator.itemgetter(slice(-8, None))
+
+
 def _make_protect(engine, scalar):
     sa = engine.sa
-    stats = sa.stats
     encap = engine.encap
     udp = 8 if encap else 0
     proto = IPPROTO_UDP if encap else IPPROTO_ESP
-    salt = engine.salt
-    encrypt = engine.aead.encrypt
     ttl = engine.ttl
     addrs = engine.src + engine.dst
     esp_at = 20 + udp
@@ -82,9 +242,6 @@ def _make_protect(engine, scalar):
     head_dt = _struct(fields, head_len)
     head_bytes = np.dtype(f"V{head_len}")
     aad_view = _struct([("aad", "V8", esp_at)], head_len)
-    nonce_dt = _struct([("salt", f"V{len(salt)}", 0), ("iv", ">u4", len(salt) + 4)],
-                       len(salt) + 8)
-    nonce_bytes = np.dtype(f"V{len(salt) + 8}")
     words = np.dtype(">u2")
     first8 = operator.itemgetter(slice(0, 8))
     concat = operator.concat      # faster through map() than bytes.__add__
@@ -94,32 +251,20 @@ def _make_protect(engine, scalar):
     trailers = [_PAD[:-(r + 2) % 4] + bytes((-(r + 2) % 4, IPPROTO_IPIP)) for r in range(4)]
     grow = np.array([head_len + len(t) + engine.icv_bytes for t in trailers], dtype=np.int64)
     largest = 0xFFFF - int(grow.max())
-    spi = np.frombuffer(engine.spi_bytes, "V4")[0]
-    bufs = {}
 
-    def buffers(n):
-        """Per-batch arrays with the constant fields filled once; grown on demand."""
-        have = bufs.get("cap", 0)
-        if n > have:
-            cap = max(n, 2 * have)
-            heads = np.zeros(cap, head_dt)
-            heads["ttl"], heads["proto"] = ttl, proto
-            heads["addrs"], heads["spi"] = np.frombuffer(addrs, "V8")[0], spi
-            if encap:
-                heads["sport"], heads["dport"] = encap
-            nonces = np.zeros(cap, nonce_dt)
-            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
-            bufs.update(cap=cap, heads=heads, nonces=nonces)
-        return bufs["heads"][:n], bufs["nonces"][:n]
+    def make(cap):
+        heads = _esp_heads(head_dt, cap, engine)
+        heads["ttl"], heads["proto"] = ttl, proto
+        heads["addrs"] = np.frombuffer(addrs, "V8")[0]
+        return heads, _nonces(engine.salt, ">u4", cap)
+    buffers = _grower(make)
 
     def protect_batch(packets, now):
         n = len(packets)
-        seq = sa.seq
-        if n < MIN_PROTECT_BATCH or seq + n > 0xFFFFFFFF:
+        if n < MIN_PROTECT_BATCH or sa.seq + n > 0xFFFFFFFF:
             return scalar(packets, now)
-        first = b"".join(map(first8, packets))
-        # Every packet at least 8 bytes, and IPv4 without options (version/IHL 0x45).
-        if len(first) != 8 * n or first[::8].strip(b"\x45"):
+        first = _ipv4_starts(packets, 8, first8)
+        if first is None:
             return scalar(packets, now)
         w = np.frombuffer(first, words).reshape(n, 4)
         # Lengths: usually each packet is exactly its IPv4 total length (one C-level list
@@ -136,6 +281,7 @@ def _make_protect(engine, scalar):
         if sa._has_lifetime or sa.hard_expired:
             check_lifetime_before_protect(sa, now)
         ident = engine.ident
+        seq = sa.seq
         r = lens & 3
         total = lens + grow[r]
         seqs = np.arange(seq + 1, seq + n + 1, dtype=np.int64)
@@ -153,72 +299,27 @@ def _make_protect(engine, scalar):
         rl = r.tolist()
         trail = repeat(trailers[rl[0]], n) if rl.count(rl[0]) == n else map(trailers.__getitem__, rl)
         try:
-            out = list(map(concat, heads.view(head_bytes).tolist(),
-                           map(encrypt, nonces.view(nonce_bytes).tolist(), map(concat, packets, trail),
-                               heads.view(aad_view)["aad"].tolist())))
+            out = _seal(engine.aead.encrypt, heads, head_bytes, aad_view, nonces,
+                        map(concat, packets, trail))
         except Exception:
             # Something the scalar loop treats differently (a packet type `+` refuses...):
             # nothing has changed yet, so it decides the batch.
             return scalar(packets, now)
         engine.ident = (ident + n) & 0xFFFF
-        sa.seq = seq + n
-        stats.packets += n
-        stats.bytes += int(lens.sum())
+        _protect_commit(sa, n, int(lens.sum()))
         return out
 
     return protect_batch
 
 
 def _make_unprotect(engine, scalar):
-    sa = engine.sa
-    stats = sa.stats
-    replay = sa.replay
-    encap = engine.encap
-    esp_at = 28 if encap else 20
-    iv_at, ct_at = esp_at + 8, esp_at + 16
+    opener = _Opener(engine)
     icv = engine.icv_bytes
-    proto = IPPROTO_UDP if encap else IPPROTO_ESP
-    salt = engine.salt
-    decrypt = getattr(engine.aead, "fast_decrypt", engine.aead.decrypt)
-    bad_tag = tuple(getattr(engine.aead, "fast_decrypt_errors", ())) + (AuthenticationError,)
-    min_len = esp_at + engine.min_esp
-    in_dt = _struct([("w0", ">u2", 0), ("tot", ">u2", 2), ("aad", "V8", esp_at),
-                     ("seq", ">u4", esp_at + 4), ("iv", "V8", iv_at)], ct_at)
-    # Header bytes that must hold fixed values: version/IHL 0x45, no fragment (flags other
-    # than DF, offset), the protocol, the SPI, and with UDP encapsulation the destination port.
-    fixed = [(0, 0xFF, 0x45), (6, 0x3F, 0), (7, 0xFF, 0), (9, 0xFF, proto)]
-    fixed += [(esp_at + i, 0xFF, b) for i, b in enumerate(engine.spi_bytes)]
-    if encap:
-        fixed += [(22, 0xFF, encap[1] >> 8), (23, 0xFF, encap[1] & 0xFF)]
-    cols, masks, values = (np.array(c, dtype=np.intp if i == 0 else np.uint8)
-                           for i, c in enumerate(zip(*fixed)))
-    nonce_dt = _struct([("salt", f"V{len(salt)}", 0), ("iv", "V8", len(salt))], len(salt) + 8)
-    nonce_bytes = np.dtype(f"V{len(salt) + 8}")
+    overhead = opener.ct_at + icv + 2
     words = np.dtype(">u2")
-    head = operator.itemgetter(slice(0, ct_at))
-    body = operator.itemgetter(slice(ct_at, None))
     first4 = operator.itemgetter(slice(0, 4))
-    last8 = operator.itemgetter(slice(-8, None))
     getitem = operator.getitem
-    # RFC 4303 2.4 trailer check in one lookup: for pad length p (the last byte but one), the
-    # last p + 2 bytes must be 1, 2, ..., p, p, 4 (IPv4 inside).  Pad lengths over 3 (never
-    # sent for 4-byte alignment, but legal) fail here and go to the scalar loop.
-    trail_mask = np.zeros(256, np.uint64)
-    trail_want = np.ones(256, np.uint64)
-    for p in range(4):
-        tail = _PAD[:p] + bytes((p, IPPROTO_IPIP))
-        trail_mask[p] = (1 << (8 * len(tail))) - 1
-        trail_want[p] = int.from_bytes(tail, "big")
-    overhead = ct_at + icv + 2
-    bufs = {}
-
-    def nonce_buffer(n):
-        if n > bufs.get("cap", 0):
-            cap = max(n, 2 * bufs.get("cap", 0))
-            nonces = np.zeros(cap, nonce_dt)
-            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
-            bufs.update(cap=cap, nonces=nonces)
-        return bufs["nonces"][:n]
+    trail_mask, trail_want = _pad_table(IPPROTO_IPIP)
 
     def uniform(pts, lens, h):
         """True when every plaintext has the first one's trailer and inner header start and
@@ -246,43 +347,19 @@ def _make_unprotect(engine, scalar):
             return False
 
     def unprotect_batch(packets, now):
-        n = len(packets)
-        size = replay.size
-        if n < MIN_UNPROTECT_BATCH or not size:
+        opened = opener.open(packets, now)
+        if opened is None:
             return scalar(packets, now)
-        if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n):
-            return scalar(packets, now)
-        if (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now):
-            return scalar(packets, now)
-        joined = b"".join(map(head, packets))
-        if len(joined) != ct_at * n:
-            return scalar(packets, now)
-        h = np.frombuffer(joined, in_dt)
-        lens = h["tot"].astype(np.int64)
-        seqs = h["seq"].astype(np.int64)
-        top = replay.top
-        # The common case, and replay: every packet right of the window and increasing, so each
-        # is new when its turn comes (whatever the verdicts before it).
-        if (list(map(len, packets)) != lens.tolist() or lens.min() < min_len or seqs[0] <= top
-                or ((np.frombuffer(joined, np.uint8).reshape(n, ct_at)[:, cols] & masks)
-                    != values).any() or (seqs[1:] <= seqs[:-1]).any()):
-            return scalar(packets, now)
-        nonces = nonce_buffer(n)
-        nonces["iv"] = h["iv"]
-        try:
-            pts = list(map(decrypt, nonces.view(nonce_bytes).tolist(), map(body, packets),
-                           h["aad"].tolist()))
-        except bad_tag:
-            return scalar(packets, now)     # a forged packet: the scalar loop drops exactly it
+        h, lens, seqs, pts = opened
+        n = len(pts)
         if uniform(pts, lens, h):
             cl = [len(pts[0]) - 2 - pts[0][-2]] * n
             out = list(map(operator.itemgetter(slice(0, cl[0])), pts))
         else:
-            tails = b"".join(map(last8, pts))
+            x = _tails(pts)
             inner = b"".join(map(first4, pts))
-            if len(tails) != 8 * n or len(inner) != 4 * n:
+            if x is None or len(inner) != 4 * n:
                 return scalar(packets, now)
-            x = np.frombuffer(tails, ">u8").astype(np.uint64)
             pad = ((x >> np.uint64(8)) & np.uint64(0xFF)).astype(np.intp)
             cut = lens - overhead - pad
             w = np.frombuffer(inner, words).reshape(n, 2)
@@ -293,18 +370,7 @@ def _make_unprotect(engine, scalar):
                 return scalar(packets, now)
             cl = cut.tolist()
             out = list(map(getitem, pts, map(slice, cl)))
-        last = int(seqs[-1])
-        shift = last - top
-        bitmap = (replay.bitmap << shift) & ((1 << size) - 1) if shift < size else 0
-        if last - int(seqs[0]) == n - 1:            # consecutive: a run of n bits
-            bitmap |= (1 << min(n, size)) - 1
-        else:
-            for back in (last - seqs).tolist():
-                if back < size:
-                    bitmap |= 1 << back
-        replay.top, replay.bitmap = last, bitmap
-        stats.packets += n
-        stats.bytes += sum(cl)
+        opener.commit(seqs, sum(cl))
         return out
 
     return unprotect_batch
@@ -335,13 +401,9 @@ def _ipv4_checksums(heads, n: int, head_len: int):
 
 def _make_transport_protect(engine, generic):
     sa = engine.sa
-    stats = sa.stats
     encap = engine.encap
     udp = 8 if encap else 0
     proto = IPPROTO_UDP if encap else IPPROTO_ESP
-    salt = engine.salt
-    encrypt = engine.aead.encrypt
-    icv = engine.icv_bytes
     esp_at = 20 + udp
     head_len = esp_at + 16
     # The packet's own IPv4 header (protocol, total length and checksum rewritten), [UDP], ESP
@@ -353,41 +415,26 @@ def _make_transport_protect(engine, generic):
     head_dt = _struct(fields, head_len)
     head_bytes = np.dtype(f"V{head_len}")
     aad_view = _struct([("aad", "V8", esp_at)], head_len)
-    nonce_dt = _struct([("salt", f"V{len(salt)}", 0), ("iv", ">u4", len(salt) + 4)],
-                       len(salt) + 8)
-    nonce_bytes = np.dtype(f"V{len(salt) + 8}")
     in_dt = _struct([("ip", "V20", 0), ("tot", ">u2", 2), ("frag", ">u2", 6), ("proto", "u1", 9)], 20)
     first20 = operator.itemgetter(slice(0, 20))
     body = operator.itemgetter(slice(20, None))
     concat = operator.concat
     # Trailer per (payload length mod 4, next header): index r * 256 + next header.
     trailers = [_PAD[:-(r + 2) % 4] + bytes((-(r + 2) % 4, nh)) for r in range(4) for nh in range(256)]
-    grow = np.array([head_len + 2 + -(r + 2) % 4 + icv - 20 for r in range(4)], dtype=np.int64)
+    grow = np.array([head_len + 2 + -(r + 2) % 4 + engine.icv_bytes - 20 for r in range(4)],
+                    dtype=np.int64)
     largest = 0xFFFF - int(grow.max())
-    spi = np.frombuffer(engine.spi_bytes, "V4")[0]
-    bufs = {}
 
-    def buffers(n):
-        have = bufs.get("cap", 0)
-        if n > have:
-            cap = max(n, 2 * have)
-            heads = np.zeros(cap, head_dt)
-            heads["spi"] = spi
-            if encap:
-                heads["sport"], heads["dport"] = encap
-            nonces = np.zeros(cap, nonce_dt)
-            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
-            bufs.update(cap=cap, heads=heads, nonces=nonces)
-        return bufs["heads"][:n], bufs["nonces"][:n]
+    def make(cap):
+        return _esp_heads(head_dt, cap, engine), _nonces(engine.salt, ">u4", cap)
+    buffers = _grower(make)
 
     def protect_batch(packets, now):
         n = len(packets)
-        seq = sa.seq
-        if n < MIN_PROTECT_BATCH or seq + n > 0xFFFFFFFF:
+        if n < MIN_PROTECT_BATCH or sa.seq + n > 0xFFFFFFFF:
             return generic(packets, now)
-        first = b"".join(map(first20, packets))
-        # Every packet IPv4 without options (0x45), exactly its total length, not a fragment.
-        if len(first) != 20 * n or first[::20].strip(b"\x45"):
+        first = _ipv4_starts(packets, 20, first20)
+        if first is None:
             return generic(packets, now)
         h = np.frombuffer(first, in_dt)
         lens = h["tot"].astype(np.int64)
@@ -397,136 +444,62 @@ def _make_transport_protect(engine, generic):
             return generic(packets, now)
         if sa._has_lifetime or sa.hard_expired:
             check_lifetime_before_protect(sa, now)
+        seq = sa.seq
         r = lens & 3                        # payload length = total - 20: the same mod 4
         total = lens + grow[r]
-        seqs = np.arange(seq + 1, seq + n + 1, dtype=np.int64)
         heads, nonces = buffers(n)
         heads["ip"] = h["ip"]
         heads["tot"], heads["proto"], heads["csum"] = total, proto, 0
         heads["csum"] = _ipv4_checksums(heads, n, head_len)
-        heads["seq"] = heads["iv"] = nonces["iv"] = seqs
+        heads["seq"] = heads["iv"] = nonces["iv"] = np.arange(seq + 1, seq + n + 1, dtype=np.int64)
         if encap:
             heads["ulen"] = total - 20
         try:
-            out = list(map(concat, heads.view(head_bytes).tolist(),
-                           map(encrypt, nonces.view(nonce_bytes).tolist(),
-                               map(concat, map(body, packets),
-                                   map(trailers.__getitem__, (r * 256 + h["proto"]).tolist())),
-                               heads.view(aad_view)["aad"].tolist())))
+            out = _seal(engine.aead.encrypt, heads, head_bytes, aad_view, nonces,
+                        map(concat, map(body, packets),
+                            map(trailers.__getitem__, (r * 256 + h["proto"]).tolist())))
         except Exception:
             return generic(packets, now)    # nothing has changed yet: the generic loop decides
-        sa.seq = seq + n
-        stats.packets += n
-        stats.bytes += int(lens.sum())
+        _protect_commit(sa, n, int(lens.sum()))
         return out
 
     return protect_batch
 
 
 def _make_transport_unprotect(engine, generic):
-    sa = engine.sa
-    stats = sa.stats
-    replay = sa.replay
-    encap = engine.encap
-    esp_at = 28 if encap else 20
-    iv_at, ct_at = esp_at + 8, esp_at + 16
-    icv = engine.icv_bytes
-    proto = IPPROTO_UDP if encap else IPPROTO_ESP
-    salt = engine.salt
-    decrypt = getattr(engine.aead, "fast_decrypt", engine.aead.decrypt)
-    bad_tag = tuple(getattr(engine.aead, "fast_decrypt_errors", ())) + (AuthenticationError,)
-    min_len = esp_at + engine.min_esp
-    in_dt = _struct([("ip", "V20", 0), ("tot", ">u2", 2), ("aad", "V8", esp_at),
-                     ("seq", ">u4", esp_at + 4), ("iv", "V8", iv_at)], ct_at)
-    fixed = [(0, 0xFF, 0x45), (6, 0x3F, 0), (7, 0xFF, 0), (9, 0xFF, proto)]
-    fixed += [(esp_at + i, 0xFF, b) for i, b in enumerate(engine.spi_bytes)]
-    if encap:
-        fixed += [(22, 0xFF, encap[1] >> 8), (23, 0xFF, encap[1] & 0xFF)]
-    cols, masks, values = (np.array(c, dtype=np.intp if i == 0 else np.uint8)
-                           for i, c in enumerate(zip(*fixed)))
+    opener = _Opener(engine)
+    overhead = opener.ct_at + engine.icv_bytes + 2
     head_dt = _struct([("ip", "V20", 0), ("tot", ">u2", 2), ("proto", "u1", 9), ("csum", ">u2", 10)], 20)
     head_bytes = np.dtype("V20")
-    nonce_dt = _struct([("salt", f"V{len(salt)}", 0), ("iv", "V8", len(salt))], len(salt) + 8)
-    nonce_bytes = np.dtype(f"V{len(salt) + 8}")
-    head = operator.itemgetter(slice(0, ct_at))
-    body = operator.itemgetter(slice(ct_at, None))
-    last8 = operator.itemgetter(slice(-8, None))
     getitem, concat = operator.getitem, operator.concat
-    # RFC 4303 2.4: for pad length p, the p + 1 bytes before the next header are 1, 2, ..., p, p.
-    # Pad lengths over 3 fail here (mask 0, want 1) and go to the generic loop.
-    pad_mask = np.zeros(256, np.uint64)
-    pad_want = np.ones(256, np.uint64)
-    for p in range(4):
-        pad_mask[p] = (1 << (8 * (p + 1))) - 1
-        pad_want[p] = int.from_bytes(_PAD[:p] + bytes((p,)), "big")
-    overhead = ct_at + icv + 2
-    bufs = {}
-
-    def buffers(n):
-        if n > bufs.get("cap", 0):
-            cap = max(n, 2 * bufs.get("cap", 0))
-            nonces = np.zeros(cap, nonce_dt)
-            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
-            bufs.update(cap=cap, nonces=nonces, heads=np.zeros(cap, head_dt))
-        return bufs["nonces"][:n], bufs["heads"][:n]
+    pad_mask, pad_want = _pad_table(None)       # any next header
+    heads_for = _grower(lambda cap: [np.zeros(cap, head_dt)])
 
     def unprotect_batch(packets, now):
-        n = len(packets)
-        size = replay.size
-        if n < MIN_UNPROTECT_BATCH or not size:
+        opened = opener.open(packets, now)
+        if opened is None:
             return generic(packets, now)
-        if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n):
+        h, lens, seqs, pts = opened
+        n = len(pts)
+        x = _tails(pts)
+        if x is None:
             return generic(packets, now)
-        if (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now):
-            return generic(packets, now)
-        joined = b"".join(map(head, packets))
-        if len(joined) != ct_at * n:
-            return generic(packets, now)
-        h = np.frombuffer(joined, in_dt)
-        lens = h["tot"].astype(np.int64)
-        seqs = h["seq"].astype(np.int64)
-        top = replay.top
-        if (list(map(len, packets)) != lens.tolist() or lens.min() < min_len or seqs[0] <= top
-                or ((np.frombuffer(joined, np.uint8).reshape(n, ct_at)[:, cols] & masks)
-                    != values).any() or (seqs[1:] <= seqs[:-1]).any()):
-            return generic(packets, now)
-        nonces, heads = buffers(n)
-        nonces["iv"] = h["iv"]
-        try:
-            pts = list(map(decrypt, nonces.view(nonce_bytes).tolist(), map(body, packets),
-                           h["aad"].tolist()))
-        except bad_tag:
-            return generic(packets, now)    # a forged packet: the generic loop drops exactly it
-        tails = b"".join(map(last8, pts))
-        if len(tails) != 8 * n:
-            return generic(packets, now)
-        x = np.frombuffer(tails, ">u8").astype(np.uint64)
-        pad = ((x >> np.uint64(8)) & np.uint64(0xFF)).astype(np.intp)
+        body = x >> np.uint64(8)
+        pad = (body & np.uint64(0xFF)).astype(np.intp)
         nh = (x & np.uint64(0xFF)).astype(np.int64)
         cut = lens - overhead - pad
         # Valid padding, not a dummy packet (next header 59: dropped, by the generic loop).
-        if (((x >> np.uint64(8)) & pad_mask[pad]) != pad_want[pad]).any() or cut.min() < 0 \
-                or (nh == 59).any():
+        if ((body & pad_mask[pad]) != pad_want[pad]).any() or cut.min() < 0 or (nh == 59).any():
             return generic(packets, now)
         # The inner packet: the outer IPv4 header with the next header as protocol, its length
         # and checksum rewritten (RFC 4303 3.1.1), then the payload.
+        heads, = heads_for(n)
         heads["ip"] = h["ip"]
         heads["tot"], heads["proto"], heads["csum"] = cut + 20, nh, 0
         heads["csum"] = _ipv4_checksums(heads, n, 20)
         cl = cut.tolist()
         out = list(map(concat, heads.view(head_bytes).tolist(), map(getitem, pts, map(slice, cl))))
-        last = int(seqs[-1])
-        shift = last - top
-        bitmap = (replay.bitmap << shift) & ((1 << size) - 1) if shift < size else 0
-        if last - int(seqs[0]) == n - 1:
-            bitmap |= (1 << min(n, size)) - 1
-        else:
-            for back in (last - seqs).tolist():
-                if back < size:
-                    bitmap |= 1 << back
-        replay.top, replay.bitmap = last, bitmap
-        stats.packets += n
-        stats.bytes += sum(cl) + 20 * n
+        opener.commit(seqs, sum(cl) + 20 * n)
         return out
 
     return unprotect_batch

@@ -29,8 +29,6 @@ def scapy_rates(size: int, count: int, repeats: int) -> dict:
     from scapy.layers.inet import IP
     from scapy.layers.ipsec import ESP, SecurityAssociation as ScapySA
 
-    from ipsec_core.perf import sa_pair
-
     key = os.urandom(20)
     sa = ScapySA(ESP, spi=0xC0FFEE01, crypt_algo="AES-GCM", crypt_key=key,
                  tunnel_header=IP(src="192.0.2.1", dst="192.0.2.2"))
