@@ -12,8 +12,8 @@ Shows:
 3. a batch with one uncommon packet in it (IPv6 or optioned inner, short or malformed packets,
    a forged ICV, truncation, replay, reordering, a wrong SPI, ECN to combine, padding longer
    than 3 bytes, ...) is handed whole to the scalar loop and still matches one-by-one;
-4. replay-window state after vector batches with gaps, jumps past the window, and window 0;
-5. soft / hard packet, byte and time lifetimes reached inside vector-sized batches;
+4. (replay window and lifetimes: `test_esp_vec_scenarios.py`, for both modes) a lifetime far
+   away keeps the vector path;
 6. without numpy the scalar paths are used unchanged;
 7. bytearray and memoryview packets.
 
@@ -31,7 +31,7 @@ from scapy.layers.inet6 import IPv6
 
 from ipsec_core import esp_fast, esp_vec
 from ipsec_core.crypto.registry import get_registry
-from ipsec_core.errors import DropReason, LifetimeExpired, LocalError, PacketDropped, SequenceOverflow
+from ipsec_core.errors import DropReason, LocalError, PacketDropped
 from ipsec_core.packet.ip import build_ipv4, fix_ipv4_header
 from ipsec_core.sa import Lifetime, SecurityAssociation
 
@@ -260,19 +260,6 @@ def test_vector_batches_equal_single(proposal, backend, encap, sizes):
     assert r.fallback_in.calls == sum(len(b) < MIN_U for b in batches)
 
 
-def test_sequence_numbers_up_to_the_32_bit_limit():
-    r = rig()
-    r.sender.seq = r.out.seq = 2**32 - 1 - MIN
-    packets = clean(random.Random(3), MIN)
-    wire = r.out.protect_batch(packets)
-    assert wire == [r.sender.protect(p) for p in packets] and r.out.seq == 2**32 - 1
-    assert r.fallback_out.calls == 0
-    assert protect_batch(r.out, packets) == protect_single(r.sender, packets) == ([], (SequenceOverflow, None))
-    assert r.out.state() == r.sender.state()
-    assert check_inbound(r, [wire]) == packets and r.fallback_in.calls == 0
-    assert r.inb.replay.top == 2**32 - 1
-
-
 # -- 3. a batch with one uncommon packet goes to the scalar loop, with the same result ----------
 def _short(n):
     return lambda rng: b"\x45" + bytes(n - 1)
@@ -314,21 +301,27 @@ ODD_INNER = {   # name: (the packet, what one-by-one protect does with it: None 
 @pytest.mark.parametrize("make,error,falls_back", list(ODD_INNER.values()), ids=list(ODD_INNER))
 @pytest.mark.parametrize("encap", [None, ENCAP], ids=["esp", "udp"])
 def test_protect_batch_with_one_uncommon_packet(make, error, falls_back, encap):
-    r = rig("aes128gcm16", encap=encap)
+    check_protect_with_one_odd_packet(rig("aes128gcm16", encap=encap), clean, make, error, falls_back)
+
+
+def check_protect_with_one_odd_packet(r: Rig, clean, make, error, falls_back) -> None:
+    """A clean vector batch, then one with `make(rng)` at index 20 (`error`: what one-by-one
+    protect raises for it, or None; `falls_back`: whether the batch goes to the loop), then a
+    clean batch again: outputs or `.partial` and the error, state and fallbacks as expected."""
     rng = random.Random(4)
     warmup = clean(rng, MIN_P)
     assert r.out.protect_batch(warmup) == [r.sender.protect(p) for p in warmup]
     batch = clean(rng, MIN_P)
     batch.insert(20, make(rng))
     one = protect_single(r.sender, batch)
-    assert protect_batch(r.out, batch) == one
+    assert protect_batch(r.out, batch) == one            # outputs or .partial, and the error
     assert one[1] == error and len(one[0]) == (20 if error else len(batch))
     assert r.out.state() == r.sender.state() and r.out.engine.ident == r.sender.engine.ident
-    assert r.fallback_out.calls == falls_back    # the warm-up went vector; this batch?
+    assert r.fallback_out.calls == falls_back            # the warm-up went vector; this batch?
     after = clean(rng, MIN_P)
     assert protect_batch(r.out, after) == protect_single(r.sender, after)
     assert r.out.state() == r.sender.state()
-    assert r.fallback_out.calls == falls_back    # and the next batch went vector again
+    assert r.fallback_out.calls == falls_back            # and the next batch went vector again
 
 
 def _swap(batch, r):
@@ -474,80 +467,7 @@ def test_padding_longer_than_3_bytes_is_accepted(proposal, encap, extra):
     assert r.fallback_in.calls == 1
 
 
-# -- 4. replay window state after vector batches ------------------------------------------------
-@pytest.mark.parametrize("window", [32, 64, 1000])
-def test_replay_window_with_lost_packets(window):
-    r = rig(window=window)
-    packets = clean(random.Random(9), 300)
-    wire = [w for i, w in enumerate(r.sender.protect(p) for p in packets) if i % 7 != 6]
-    batches = chunks(wire, [64] * 5)
-    assert check_inbound(r, batches) == [p for i, p in enumerate(packets) if i % 7 != 6]
-    assert r.fallback_in.calls == sum(len(b) < MIN_U for b in batches) == 1
-    # A second pass: every packet is now a replay (or left of the window).
-    assert {v[1] for v in check_inbound(r, batches)} == {DropReason.REPLAY}
-
-
-@pytest.mark.parametrize("jump", [1, 2, 63, 64, 65, 1000])
-def test_replay_window_after_a_jump(jump):
-    """Window 64: a batch starting `jump` past the top, with a second jump of `jump` inside it,
-    then a batch of older packets (some never received, some replays)."""
-    r = rig(window=64)
-    rng = random.Random(10)
-    first = [r.sender.protect(p) for p in clean(rng, 40)]
-    held = [r.sender.protect(p) for p in clean(rng, jump - 1)]      # not delivered yet
-    second = [r.sender.protect(p) for p in clean(rng, 20)]
-    held += [r.sender.protect(p) for p in clean(rng, jump - 1)]
-    second += [r.sender.protect(p) for p in clean(rng, 20)]
-    check_inbound(r, [first, second])
-    assert r.fallback_in.calls == 0
-    assert r.inb.replay.top == 40 + 2 * (jump - 1) + 40
-    late = (held + first[-5:] + second[:3])[-40:]
-    check_inbound(r, [late + second[-1:]])
-    assert r.inb.stats.drops["replay"] == r.ref.stats.drops["replay"] > 0
-
-
-def test_replay_window_0_uses_the_scalar_loop():
-    r = rig(window=0)
-    packets = clean(random.Random(11), 100)
-    wire = [r.sender.protect(p) for p in packets]
-    stream = wire[:50] + wire[10:60] + wire[90:] + wire[60:90]     # duplicates and going back
-    seen = check_inbound(r, chunks(stream, [64, 64, 64]))
-    assert seen == packets[:50] + packets[10:60] + packets[90:] + packets[60:90]   # all accepted
-    assert r.fallback_in.calls == 3
-
-
-# -- 5. lifetimes --------------------------------------------------------------------------------
-LIFETIMES = {       # 100-byte packets, batches of 64
-    "packets": dict(soft=Lifetime(packets=100), hard=Lifetime(packets=200)),
-    "bytes": dict(soft=Lifetime(bytes=100 * 100), hard=Lifetime(bytes=200 * 100)),
-    "bytes-odd": dict(soft=Lifetime(bytes=9876), hard=Lifetime(bytes=17777)),
-    "soft-only": dict(soft=Lifetime(packets=150, bytes=10**9)),
-    "hard-at-batch-edge": dict(hard=Lifetime(packets=128)),
-    "hard-one-past-edge": dict(hard=Lifetime(packets=129)),
-}
-
-
-@pytest.mark.parametrize("limits", list(LIFETIMES.values()), ids=list(LIFETIMES))
-def test_lifetime_reached_inside_vector_batches(limits):
-    out_cfg, in_cfg = configs("aes128gcm16", **limits)
-    single, batch = pair_of(out_cfg)
-    fallback, _ = instrument(batch)
-    packets = [ipv4(random.Random(12), 100, tos=i % 4, ident=i) for i in range(260)]
-    for i, part in enumerate(chunks(packets, [64] * 4)):
-        assert protect_batch(batch, part) == protect_single(single, part)
-        assert batch.state() == single.state()
-        if i == 0:
-            assert fallback.calls == 0            # no limit within reach: the vector path
-    assert fallback.calls >= 1 and (single.soft_expired or single.hard_expired)
-    # Inbound: the sender has no lifetime, the receiving SAs have these.
-    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()))
-    wire = [sender.protect(p) for p in packets]
-    ref, inb = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
-    _, fallback_in = instrument(inb)
-    for part in chunks(wire, [64] * 4):
-        assert unprotect_batch(inb, part) == unprotect_single(ref, part)
-        assert inb.state() == ref.state()
-    assert fallback_in.calls >= 1 and (ref.soft_expired or ref.hard_expired)
+# -- 4, 5. replay window and lifetimes: tests/test_esp_vec_scenarios.py (both modes) --------------
 
 
 def test_lifetime_far_away_keeps_the_vector_path():
@@ -557,42 +477,6 @@ def test_lifetime_far_away_keeps_the_vector_path():
     packets = clean(random.Random(13), 64)
     assert batch.protect_batch(packets) == [single.protect(p) for p in packets]
     assert batch.state() == single.state() and fallback.calls == 0
-
-
-def test_time_lifetimes_inside_vector_batches():
-    """Soft and hard time limits (explicit `now`): checked once per batch, as at each packet."""
-    out_cfg, in_cfg = configs("aes128gcm16", soft=Lifetime(seconds=10), hard=Lifetime(seconds=20))
-    single, batch = (SecurityAssociation(out_cfg, now=0.0) for _ in range(2))
-    batch.engine.ident = single.engine.ident
-    fallback, _ = instrument(batch)
-    packets = clean(random.Random(14), 3 * MIN)
-    times = (5.0, 15.0, 19.5)
-    for part, now in zip(chunks(packets, [MIN] * 3), times):
-        assert protect_batch(batch, part, now) == protect_single(single, part, now)
-        assert batch.state() == single.state()
-    assert single.soft_expired and fallback.calls == 0     # time limits need no scalar fallback
-    more = packets[:MIN]
-    assert protect_batch(batch, more, 25.0)[1] == protect_single(single, more, 25.0)[1] == (LifetimeExpired, None)
-    assert batch.state() == single.state() and single.hard_expired
-    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()))
-    wire = [sender.protect(p) for p in packets + more]
-    ref, inb = (SecurityAssociation(in_cfg, now=0.0) for _ in range(2))
-    _, fallback_in = instrument(inb)
-    for part, now in zip(chunks(wire, [MIN] * 4), times + (25.0,)):
-        assert unprotect_batch(inb, part, now) == unprotect_single(ref, part, now)
-        assert inb.state() == ref.state()
-    # Inbound, the batch that crosses the soft limit (15 s) and the one past the hard limit go
-    # to the loop, which notes the limit at the first packet that gets that far.
-    assert ref.stats.drops["sa_expired"] == MIN and fallback_in.calls == 2
-
-
-@pytest.mark.parametrize("n", [MIN_P, MIN_P - 1], ids=["vector", "scalar"])
-def test_protect_batch_after_hard_expiry_carries_partial(n):
-    out_cfg, _ = configs("aes128gcm16", hard=Lifetime(seconds=20))
-    single, batch = (SecurityAssociation(out_cfg, now=0.0) for _ in range(2))
-    batch.engine.ident = single.engine.ident
-    packets = clean(random.Random(19), n)
-    assert protect_batch(batch, packets, 25.0) == protect_single(single, packets, 25.0) == ([], (LifetimeExpired, None))
 
 
 # -- 6. without numpy ------------------------------------------------------------------------------
@@ -645,26 +529,3 @@ def test_memoryview_packets_outbound():
     assert one[1] is None
     assert protect_batch(r.out, [memoryview(p) for p in packets]) == one
     assert r.out.state() == r.sender.state()
-
-
-# -- a seeded mix of everything -------------------------------------------------------------------
-@pytest.mark.parametrize("seed", range(4))
-def test_random_damage_matches_single(seed):
-    rng = random.Random(seed)
-    proposal = rng.choice(["aes128gcm16", "aes128ccm12", "chacha20poly1305", "aes256gcm12"])
-    r = rig(proposal, encap=rng.choice([None, ENCAP]), window=rng.choice([32, 64, 128]))
-    wire = [r.sender.protect(p) for p in clean(rng, 600)]
-    for _ in range(25):
-        k, op = rng.randrange(len(wire)), rng.random()
-        if op < 0.4:
-            b = bytearray(wire[k])
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-            wire[k] = with_outer(b) if rng.random() < 0.5 else bytes(b)
-        elif op < 0.6:
-            wire[k] = wire[k][:rng.randrange(len(wire[k]))]
-        elif op < 0.8:
-            wire.insert(rng.randrange(len(wire)), wire[k])
-        else:
-            j = rng.randrange(len(wire))
-            wire[k], wire[j] = wire[j], wire[k]
-    check_inbound(r, chunks(wire, [rng.choice([32, 40, 64, 100]) for _ in range(20)]))

@@ -15,18 +15,17 @@ Shows:
 3. a batch with one odd packet at index 20 goes to the generic loop and still matches
    one-by-one (protect: the exception and `.partial` too); a few odd packets the vector path
    handles itself (bytearray, unaligned padding) are shown to need no fallback;
-4. replay-window state after vector batches with gaps, jumps past the window, and window 0;
-5. soft / hard packet, byte and time lifetimes inside vector-sized batches;
+4, 5. replay window and lifetimes: `test_esp_vec_scenarios.py`, for both modes;
 6. without numpy `transport_paths` gives (None, None) and the SA still matches one-by-one.
 
 Found while writing this file, since fixed: an inbound batch in which no packet reaches the
 lifetime check (all wrong SPI, say) marked a passed time lifetime as reached, where one-by-one
-processing leaves the SA unchanged (`test_lifetime_not_checked_when_no_packet_gets_that_far`;
+processing leaves the SA unchanged (`test_lifetime_not_checked_when_no_packet_gets_that_far`
+in `test_esp_vec_scenarios.py`;
 the batch paths now ask `sa.lifetime_event_due`).  Not vectorised, by design: an inbound batch
 holding an IPv4 packet of 20..22 bytes (a 4-byte ESP plaintext) goes to the generic loop; the
 results are the same (`test_tiny_payloads_equal_single`).
 """
-import dataclasses
 import random
 import struct
 
@@ -34,13 +33,13 @@ import pytest
 
 from ipsec_core import esp_vec
 from ipsec_core.crypto.registry import get_registry
-from ipsec_core.errors import DropReason, LifetimeExpired, LocalError, PacketDropped, SequenceOverflow
+from ipsec_core.errors import DropReason, LocalError, PacketDropped
 from ipsec_core.packet.ip import build_ipv4, fix_ipv4_header
-from ipsec_core.sa import Lifetime, SecurityAssociation
+from ipsec_core.sa import SecurityAssociation
 
 from test_batch import configs, pair_of
-from test_esp_vec import (Counted, Rig, check_inbound, chunks, esp_offset, ipv6_packet,
-                          optioned_packet, protect_batch, protect_single, unprotect_batch,
+from test_esp_vec import (Counted, Rig, _cut, _flip, check_inbound, check_protect_with_one_odd_packet,
+                          chunks, esp_offset, ipv6_packet, optioned_packet, unprotect_batch,
                           unprotect_single, with_outer)
 
 pytestmark = pytest.mark.skipif(not esp_vec.available(), reason="numpy is not installed")
@@ -240,19 +239,6 @@ def test_tiny_payloads_equal_single(encap):
     assert check_inbound(r, [one[:MIN_P], one[MIN_P:]]) == list(map(fixed, packets))
 
 
-def test_sequence_numbers_up_to_the_32_bit_limit():
-    r = rig()
-    r.sender.seq = r.out.seq = 2**32 - 1 - MIN_P
-    packets = clean(random.Random(3), MIN_P)
-    wire = r.out.protect_batch(packets)
-    assert wire == [r.sender.protect(p) for p in packets] and r.out.seq == 2**32 - 1
-    assert r.fallback_out.calls == 0
-    assert protect_batch(r.out, packets) == protect_single(r.sender, packets) == ([], (SequenceOverflow, None))
-    assert r.out.state() == r.sender.state()
-    assert check_inbound(r, [wire]) == list(map(fixed, packets)) and r.fallback_in.calls == 0
-    assert r.inb.replay.top == 2**32 - 1
-
-
 # -- 3a. protect: a batch with one odd packet ----------------------------------------------------
 def _total_length(value):
     def make(rng):
@@ -288,21 +274,7 @@ ODD_INNER = {   # name: (the packet, what one-by-one protect does with it: None 
 @pytest.mark.parametrize("make,error,falls_back", list(ODD_INNER.values()), ids=list(ODD_INNER))
 @pytest.mark.parametrize("encap", [None, ENCAP], ids=["esp", "udp"])
 def test_protect_batch_with_one_odd_packet(make, error, falls_back, encap):
-    r = rig(encap=encap)
-    rng = random.Random(4)
-    warmup = clean(rng, MIN_P)
-    assert r.out.protect_batch(warmup) == [r.sender.protect(p) for p in warmup]
-    batch = clean(rng, MIN_P)
-    batch.insert(20, make(rng))
-    one = protect_single(r.sender, batch)
-    assert protect_batch(r.out, batch) == one            # outputs or .partial, and the error
-    assert one[1] == error and len(one[0]) == (20 if error else len(batch))
-    assert r.out.state() == r.sender.state()
-    assert r.fallback_out.calls == falls_back            # the warm-up went vector; this batch?
-    after = clean(rng, MIN_P)
-    assert protect_batch(r.out, after) == protect_single(r.sender, after)
-    assert r.out.state() == r.sender.state()
-    assert r.fallback_out.calls == falls_back            # and the next batch went vector again
+    check_protect_with_one_odd_packet(rig(encap=encap), clean, make, error, falls_back)
 
 
 # -- 3b. unprotect: a batch with one odd packet --------------------------------------------------
@@ -316,21 +288,6 @@ def _new(r, rng):
 def _changed(change):
     """The packet at this position, changed by `change(wire, r)`."""
     return lambda r, rng, before: [change(_new(r, rng), r)]
-
-
-def _flip(at):
-    def flip(w, r):
-        b = bytearray(w)
-        b[at] ^= 0x01
-        return bytes(b)
-    return flip
-
-
-def _cut(length, fix_total):
-    def cut(w, r):
-        w = w[:length(w, r)]
-        return with_outer(w, {2: len(w) >> 8, 3: len(w) & 0xFF}) if fix_total else w
-    return cut
 
 
 def _with_options(w, r):
@@ -450,137 +407,13 @@ def test_unprotect_batch_of_buffers(kind, encap):
     assert r.fallback_in.calls == 0
 
 
-# -- 4. replay window state after vector batches ------------------------------------------------
-@pytest.mark.parametrize("window", [32, 64, 1000])
-def test_replay_window_with_lost_packets(window):
-    r = rig(window=window)
-    packets = clean(random.Random(10), 300)
-    wire = [w for i, w in enumerate(r.sender.protect(p) for p in packets) if i % 7 != 6]
-    batches = chunks(wire, [64] * 5)
-    kept = [fixed(p) for i, p in enumerate(packets) if i % 7 != 6]
-    assert check_inbound(r, batches) == kept
-    assert r.fallback_in.calls == sum(len(b) < MIN_U for b in batches) == 1
-    # A second pass: every packet is now a replay (or left of the window).
-    assert set(reasons(check_inbound(r, batches))) == {REPLAY}
-
-
-@pytest.mark.parametrize("jump", [1, 2, 63, 64, 65, 1000])
-def test_replay_window_after_a_jump(jump):
-    """Window 64: a batch starting `jump` past the top, with a second jump of `jump` inside it,
-    then a batch of older packets (some never received, some replays)."""
-    r = rig(window=64)
-    rng = random.Random(11)
-    first = [_new(r, rng) for _ in range(40)]
-    held = [_new(r, rng) for _ in range(jump - 1)]        # not delivered yet
-    second = [_new(r, rng) for _ in range(20)]
-    held += [_new(r, rng) for _ in range(jump - 1)]
-    second += [_new(r, rng) for _ in range(20)]
-    check_inbound(r, [first, second])
-    assert r.fallback_in.calls == 0
-    assert r.inb.replay.top == 40 + 2 * (jump - 1) + 40
-    late = (held + first[-5:] + second[:3])[-40:]
-    check_inbound(r, [late + second[-1:]])
-    assert r.inb.stats.drops["replay"] == r.ref.stats.drops["replay"] > 0
-
-
-def test_replay_window_0_uses_the_generic_loop():
-    r = rig(window=0)
-    packets = clean(random.Random(12), 100)
-    wire = [r.sender.protect(p) for p in packets]
-    stream = wire[:50] + wire[10:60] + wire[90:] + wire[60:90]     # duplicates and going back
-    seen = check_inbound(r, chunks(stream, [64, 64, 64]))
-    assert seen == list(map(fixed, packets[:50] + packets[10:60] + packets[90:] + packets[60:90]))
-    assert r.fallback_in.calls == 3
-
-
-# -- 5. lifetimes --------------------------------------------------------------------------------
-LIFETIMES = {       # 100-byte packets, batches of 64
-    "packets": dict(soft=Lifetime(packets=100), hard=Lifetime(packets=200)),
-    "bytes": dict(soft=Lifetime(bytes=100 * 100), hard=Lifetime(bytes=200 * 100)),
-    "bytes-odd": dict(soft=Lifetime(bytes=9876), hard=Lifetime(bytes=17777)),
-    "soft-only": dict(soft=Lifetime(packets=150, bytes=10**9)),
-    "hard-at-batch-edge": dict(hard=Lifetime(packets=128)),
-    "hard-one-past-edge": dict(hard=Lifetime(packets=129)),
-}
-
+# -- 4, 5. replay window and lifetimes: tests/test_esp_vec_scenarios.py (both modes) --------------
 
 def _hundreds(n: int) -> list[bytes]:
+    """100-byte packets of every protocol, a wrong header checksum in every fifth."""
     rng = random.Random(13)
     return [ipv4(rng, 100, proto=PROTOS[i % 8], tos=i % 4, ident=i, bad_checksum=i % 5 == 0)
             for i in range(n)]
-
-
-@pytest.mark.parametrize("limits", list(LIFETIMES.values()), ids=list(LIFETIMES))
-def test_lifetime_reached_inside_vector_batches(limits):
-    out_cfg, in_cfg = configs("aes128gcm16", mode="transport", **limits)
-    single, batch = pair_of(out_cfg)
-    fallback, _ = instrument(batch)
-    packets = _hundreds(260)
-    for i, part in enumerate(chunks(packets, [64] * 4)):
-        assert protect_batch(batch, part) == protect_single(single, part)
-        assert batch.state() == single.state()
-        if i == 0:
-            assert fallback.calls == 0            # no limit within reach: the vector path
-    assert fallback.calls >= 1 and (single.soft_expired or single.hard_expired)
-    # Inbound: the sender has no lifetime, the receiving SAs have these.
-    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()))
-    wire = [sender.protect(p) for p in packets]
-    ref, inb = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
-    _, fallback_in = instrument(inb)
-    for i, part in enumerate(chunks(wire, [64] * 4)):
-        assert unprotect_batch(inb, part) == unprotect_single(ref, part)
-        assert inb.state() == ref.state()
-        if i == 0 and "bytes" not in str(limits):
-            assert fallback_in.calls == 0         # (byte limits: inbound assumes 65535-byte packets)
-    assert fallback_in.calls >= 1 and (ref.soft_expired or ref.hard_expired)
-
-
-def test_time_lifetimes_inside_vector_batches():
-    """Soft and hard time limits (explicit `now`): checked once per batch, as at each packet."""
-    out_cfg, in_cfg = configs("aes128gcm16", mode="transport", soft=Lifetime(seconds=10),
-                              hard=Lifetime(seconds=20))
-    single, batch = (SecurityAssociation(out_cfg, now=0.0) for _ in range(2))
-    fallback, _ = instrument(batch)
-    packets = clean(random.Random(14), 3 * MIN_P)
-    times = (5.0, 15.0, 19.5)
-    for part, now in zip(chunks(packets, [MIN_P] * 3), times):
-        assert protect_batch(batch, part, now) == protect_single(single, part, now)
-        assert batch.state() == single.state()
-    assert single.soft_expired and fallback.calls == 0     # time limits need no fallback
-    more = packets[:MIN_P]
-    assert protect_batch(batch, more, 25.0) == protect_single(single, more, 25.0) == ([], (LifetimeExpired, None))
-    assert batch.state() == single.state() and single.hard_expired
-    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()))
-    wire = [sender.protect(p) for p in packets + more]
-    ref, inb = (SecurityAssociation(in_cfg, now=0.0) for _ in range(2))
-    _, fallback_in = instrument(inb)
-    for part, now in zip(chunks(wire, [MIN_P] * 4), times + (25.0,)):
-        assert unprotect_batch(inb, part, now) == unprotect_single(ref, part, now)
-        assert inb.state() == ref.state()
-    # Inbound, the batch that crosses the soft limit (15 s) and the one past the hard limit go
-    # to the loop, which notes the limit at the first packet that gets that far.
-    assert ref.stats.drops["sa_expired"] == MIN_P and fallback_in.calls == 2
-
-
-@pytest.mark.parametrize("n", [MIN_P, MIN_P - 1], ids=["vector", "generic"])
-def test_protect_batch_after_hard_expiry_carries_partial(n):
-    out_cfg, _ = configs("aes128gcm16", mode="transport", hard=Lifetime(seconds=20))
-    single, batch = (SecurityAssociation(out_cfg, now=0.0) for _ in range(2))
-    packets = clean(random.Random(15), n)
-    assert protect_batch(batch, packets, 25.0) == protect_single(single, packets, 25.0) == ([], (LifetimeExpired, None))
-    assert batch.state() == single.state()
-
-
-@pytest.mark.parametrize("now,field", [(15.0, "soft_expired"), (25.0, "hard_expired")])
-def test_lifetime_not_checked_when_no_packet_gets_that_far(now, field):
-    out_cfg, in_cfg = configs("aes128gcm16", mode="transport", soft=Lifetime(seconds=10),
-                              hard=Lifetime(seconds=20))
-    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()))
-    wrong_spi = [w[:20] + b"\0\0\x99\x99" + w[24:] for w in map(sender.protect, clean(random.Random(16), MIN_U))]
-    ref, inb = (SecurityAssociation(in_cfg, now=0.0) for _ in range(2))
-    assert unprotect_batch(inb, wrong_spi, now) == unprotect_single(ref, wrong_spi, now)
-    assert getattr(ref, field) is None                        # one-by-one: never reached
-    assert inb.state() == ref.state()                         # batch: `field` is set
 
 
 # -- 6. without numpy ------------------------------------------------------------------------------
@@ -602,26 +435,3 @@ def test_without_numpy_the_generic_loops_are_used(monkeypatch, encap):
     stream = wire[:30] + [wire[3], _flip(-1)(wire[31], None)] + wire[30:]
     assert unprotect_batch(inb, stream) == unprotect_single(ref, stream)
     assert inb.state() == ref.state()
-
-
-# -- a seeded mix of everything -------------------------------------------------------------------
-@pytest.mark.parametrize("seed", range(4))
-def test_random_damage_matches_single(seed):
-    rng = random.Random(seed)
-    proposal = rng.choice(["aes128gcm16", "aes128ccm12", "chacha20poly1305", "aes256gcm12"])
-    r = rig(proposal, encap=rng.choice([None, ENCAP]), window=rng.choice([32, 64, 128]))
-    wire = [r.sender.protect(p) for p in clean(rng, 600)]
-    for _ in range(25):
-        k, op = rng.randrange(len(wire)), rng.random()
-        if op < 0.4:
-            b = bytearray(wire[k])
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-            wire[k] = with_outer(b) if rng.random() < 0.5 and len(b) >= 20 and b[0] == 0x45 else bytes(b)
-        elif op < 0.6:
-            wire[k] = wire[k][:rng.randrange(len(wire[k]))]
-        elif op < 0.8:
-            wire.insert(rng.randrange(len(wire)), wire[k])
-        else:
-            j = rng.randrange(len(wire))
-            wire[k], wire[j] = wire[j], wire[k]
-    check_inbound(r, chunks(wire, [rng.choice([32, 40, 64, 100]) for _ in range(20)]))
