@@ -34,7 +34,7 @@ from ipsec_core.packet.ip import (IPPROTO_AH, IPPROTO_FRAGMENT, IPPROTO_IPIP, IP
                                   ipv6_headers, ipv6_split)
 from ipsec_core.transforms import GMAC_IV_BYTES, GMAC_SALT_BYTES
 from ipsec_core.tunnel import (decapsulate, outer_header, protect_each, refuse_over_ip_limit,
-                               unprotect_each)
+                               tunnel_endpoints, unprotect_each)
 
 _SEQ32_MAX = 0xFFFFFFFF
 _U32 = struct.Struct("!I")
@@ -78,12 +78,7 @@ class AhEngine:
         self.zero_icv = bytes(self.icv_bytes)
         self.ttl = cfg.outer_ttl
         self.df_bit = cfg.df_bit.value
-        if cfg.local is not None and cfg.remote is not None:
-            src, dst = (cfg.local, cfg.remote) if cfg.direction.value == "out" else (cfg.remote, cfg.local)
-            self.outer_v6 = src.version == 6
-            self.src, self.dst = src.packed, dst.packed
-        else:
-            self.outer_v6, self.src, self.dst = False, b"", b""
+        self.outer_v6, self.src, self.dst = tunnel_endpoints(cfg)
         self.ident = secrets.randbelow(0x10000)
 
     # ------------------------------------------------------------------------------------

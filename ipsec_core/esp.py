@@ -23,7 +23,7 @@ from ipsec_core.packet.ip import (IPPROTO_ESP, IPPROTO_FRAGMENT, IPPROTO_IPIP, I
                                   ipv4_header_len, ipv6_headers, ipv6_is_fragment, ipv6_split)
 from ipsec_core.transforms import CipherKind
 from ipsec_core.tunnel import (decapsulate, ecn_decapsulate, outer_header, protect_each,
-                               refuse_over_ip_limit, unprotect_each)
+                               refuse_over_ip_limit, tunnel_endpoints, unprotect_each)
 
 ESP_HEADER_BYTES = 8
 UDP_HEADER_BYTES = 8
@@ -79,12 +79,7 @@ class EspEngine:
         # Outer header material for tunnel mode and UDP encapsulation.
         self.encap = cfg.encap_ports
         self.ttl = cfg.outer_ttl
-        if cfg.local is not None and cfg.remote is not None:
-            src, dst = (cfg.local, cfg.remote) if cfg.direction.value == "out" else (cfg.remote, cfg.local)
-            self.outer_v6 = src.version == 6
-            self.src, self.dst = src.packed, dst.packed
-        else:
-            self.outer_v6, self.src, self.dst = False, b"", b""
+        self.outer_v6, self.src, self.dst = tunnel_endpoints(cfg)
         self.ident = secrets.randbelow(0x10000)
         self.df_bit = cfg.df_bit.value
         # TFC padding (RFC 4303 2.7), tunnel mode: the inner packet is padded to `tfc_pad_to`
@@ -170,10 +165,15 @@ class EspEngine:
         sa.note_soft_limit(now)
         return out
 
+    def _esp_bytes(self, payload_len: int) -> int:
+        """Bytes after the IP header(s) that ESP makes of a payload: [UDP], ESP header, IV, the
+        payload, its padding, pad length and next header, ICV."""
+        return (ESP_HEADER_BYTES + self.iv_bytes + payload_len + 2 + (-(payload_len + 2) % self.block)
+                + self.icv_bytes + (UDP_HEADER_BYTES if self.encap else 0))
+
     def _check_ip_limit(self, packet, payload, head) -> None:
         """The protected packet must fit IP's 16-bit length field: checked before sealing."""
-        esp = (ESP_HEADER_BYTES + self.iv_bytes + len(payload) + 2 + (-(len(payload) + 2) % self.block)
-               + self.icv_bytes + (UDP_HEADER_BYTES if self.encap else 0))
+        esp = self._esp_bytes(len(payload))
         if head is None:
             length = esp if self.outer_v6 else IPV4_HEADER_BYTES + esp
         else:
@@ -223,13 +223,10 @@ class EspEngine:
         version = packet[0] >> 4
         if length is None:
             length = ((packet[2] << 8) | packet[3]) if version == 4 else len(packet)
-        fixed = ESP_HEADER_BYTES + self.iv_bytes + self.icv_bytes + (UDP_HEADER_BYTES if self.encap else 0)
         if self.tunnel:
-            outer = 40 if self.outer_v6 else 20
-            return outer + fixed + length + 2 + (-(length + 2) % self.block)
+            return (40 if self.outer_v6 else 20) + self._esp_bytes(length)
         head = (packet[0] & 0x0F) * 4 if version == 4 else ipv6_split(packet)[0]
-        body = length - head
-        return head + fixed + body + 2 + (-(body + 2) % self.block)
+        return head + self._esp_bytes(length - head)
 
     def _tunnel_payload_fitting(self, mtu: int) -> int:
         """The longest inner packet whose tunnel-mode ESP packet fits `mtu` bytes."""

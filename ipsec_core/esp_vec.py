@@ -27,6 +27,7 @@ from itertools import repeat
 from ipsec_core.errors import AuthenticationError
 from ipsec_core.esp_fast import _limits_allow, check_lifetime_before_protect
 from ipsec_core.packet.ip import IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_UDP
+from ipsec_core.transforms import CipherKind
 
 try:                      # optional accelerator (the `fast` extra)
     import numpy as np
@@ -382,8 +383,6 @@ def transport_paths(engine):
     for IPv4 packets without options or fragments; anything else goes to the engine's generic
     loops (there is no per-packet fast loop for transport mode).  (None, None) when this SA is
     not such an SA or numpy is missing."""
-    from ipsec_core.transforms import CipherKind
-
     if np is None or engine.kind is not CipherKind.AEAD or engine.tunnel or engine.esn:
         return None, None
     return (_make_transport_protect(engine, engine.protect_batch_generic),

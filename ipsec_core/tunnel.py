@@ -28,6 +28,15 @@ def ecn_decapsulate(inner: int, outer: int) -> int | None:
     return inner
 
 
+def tunnel_endpoints(cfg) -> tuple[bool, bytes, bytes]:
+    """(outer header is IPv6, source, destination) of an SA's outer header, packed: local to
+    remote outbound, remote to local inbound; (False, b"", b"") without tunnel addresses."""
+    if cfg.local is None or cfg.remote is None:
+        return False, b"", b""
+    src, dst = (cfg.local, cfg.remote) if cfg.direction.value == "out" else (cfg.remote, cfg.local)
+    return src.version == 6, src.packed, dst.packed
+
+
 def refuse_over_ip_limit(length_field: int, packet: bytes) -> None:
     """PacketDropped(too_big) when the protected form of `packet` would need an IP length field
     (IPv4 total length, IPv6 payload length) of `length_field` > 65535.  Callers check before
