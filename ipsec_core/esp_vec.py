@@ -35,7 +35,7 @@ except ImportError:       # pragma: no cover - exercised where numpy is absent
     np = None
 
 # Below these many packets the fixed cost of the numpy calls (~30 us a batch) outweighs the
-# saving (measured break-even here: protect about 60 packets, unprotect under 32).
+# saving (both break even at about 32 packets and gain at 64: perf/RESULTS.md).
 MIN_PROTECT_BATCH = 64
 MIN_UNPROTECT_BATCH = 32
 MIN_BATCH = max(MIN_PROTECT_BATCH, MIN_UNPROTECT_BATCH)    # both directions vectorised from here

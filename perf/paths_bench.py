@@ -9,7 +9,7 @@ transport mode):
 
 The order is fixed because the allocator setting cannot be undone in a process.
 
-    python3 perf/paths_bench.py [--out perf/results/paths.json]
+    python3 perf/paths_bench.py [--batch N] [--out perf/results/paths.json]
 """
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from ipsec_core.tuning import tune_allocator
 SIZES = (64, 1400)
 
 
-def run(label: str, count: int, repeats: int) -> list[dict]:
+def run(label: str, count: int, repeats: int, batch: int = 256) -> list[dict]:
     rows = []
     for mode in ("tunnel", "transport"):
         for size in SIZES:
             for r in measure(backend="aesni", proposal="aes128gcm16", size=size, count=count,
-                             batch=256, repeats=repeats, mode=mode):
+                             batch=batch, repeats=repeats, mode=mode):
                 row = {"path": label, **r.as_dict()}
                 print(f"{label:28} {mode:9} {size:5} {r.direction:9} {r.pps:12,.0f} pps  bare "
                       f"{r.bare_pps:12,.0f}  ratio {r.ratio:.2f}", flush=True)
@@ -43,19 +43,25 @@ def main() -> int:
     ap.add_argument("--out", default="perf/results/paths.json")
     ap.add_argument("--count", type=int, default=40960)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=256,
+                    help="packets per batch (esp_vec starts at 64 to protect, 32 to unprotect)")
+    ap.add_argument("--vector-from", type=int, default=None,
+                    help="let esp_vec take batches from this many packets (to measure the thresholds)")
     args = ap.parse_args()
     if not esp_vec.available():
         print("numpy is not installed: nothing to compare", file=sys.stderr)
         return 1
+    if args.vector_from is not None:
+        esp_vec.MIN_PROTECT_BATCH = esp_vec.MIN_UNPROTECT_BATCH = args.vector_from
     numpy = esp_vec.np
     esp_vec.np = None                    # SAs built now get the per-packet loop
-    rows = run("per-packet loop", args.count, args.repeats)
+    rows = run("per-packet loop", args.count, args.repeats, args.batch)
     esp_vec.np = numpy
-    rows += run("vectorised (esp_vec)", args.count, args.repeats)
+    rows += run("vectorised (esp_vec)", args.count, args.repeats, args.batch)
     tune_allocator()
-    rows += run("vectorised + tune_allocator", args.count, args.repeats)
+    rows += run("vectorised + tune_allocator", args.count, args.repeats, args.batch)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"command": "python3 perf/paths_bench.py", "records": rows},
+    Path(args.out).write_text(json.dumps({"command": " ".join(["python3", "perf/paths_bench.py", *sys.argv[1:]]), "records": rows},
                                          indent=2) + "\n")
     return 0
 
