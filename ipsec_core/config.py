@@ -14,7 +14,7 @@ from typing import Any
 from ipsec_core.errors import ConfigError, ProposalError
 from ipsec_core.keywords import parse_proposal
 from ipsec_core.replay import DEFAULT_REPLAY_WINDOW_BITS
-from ipsec_core.sa import NAT_T_PORT, TFC_TO_MTU, DfBit, Direction, Lifetime, Mode, SaConfig
+from ipsec_core.sa import DEFAULT_OUTER_TTL, NAT_T_PORT, TFC_TO_MTU, DfBit, Direction, Lifetime, Mode, SaConfig
 
 SA_KEYS = {"name", "spi", "direction", "mode", "protocol", "proposal", "key", "integrity_key",
            "tunnel", "encap", "encap_ports", "esn", "replay_window", "backend", "lifetime",
@@ -61,6 +61,9 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, file=file, key=f"{where}.{key}")
 
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a table ([[sa]] with keys), got {type(raw).__name__}",
+                          file=file, key=where)
     for required in ("name", "spi", "direction", "proposal"):
         if required not in raw:
             raise fail(required, "missing")
@@ -132,6 +135,9 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
     mtu = raw.get("mtu")
     if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)):
         raise fail("mtu", f"{mtu!r}: expected an integer (bytes)")
+    outer_ttl = raw.get("outer_ttl", DEFAULT_OUTER_TTL)
+    if isinstance(outer_ttl, bool) or not isinstance(outer_ttl, int):
+        raise fail("outer_ttl", f"{outer_ttl!r}: expected an integer 1..255 (the outer TTL / hop limit)")
     try:
         df_bit = DfBit(raw.get("df_bit", "copy"))
     except ValueError:
@@ -149,7 +155,7 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
         replay_window=replay_window, backend=backend,
         soft=Lifetime(lifetimes.get("soft_bytes"), lifetimes.get("soft_packets"), lifetimes.get("soft_seconds")),
         hard=Lifetime(lifetimes.get("hard_bytes"), lifetimes.get("hard_packets"), lifetimes.get("hard_seconds")),
-        outer_ttl=raw.get("outer_ttl", 64),
+        outer_ttl=outer_ttl,
         tfc_padding=tfc, mtu=mtu, df_bit=df_bit,
     )
     for key, problem in cfg.problems():
@@ -179,7 +185,8 @@ def load_sa_file(path: str | Path) -> list[SaConfig]:
     out: list[SaConfig] = []
     seen: set[str] = set()
     for i, raw in enumerate(tables):
-        cfg = sa_from_dict(raw, file=file, where="sa" if "name" in raw else f"sa[{i}]")
+        named = isinstance(raw, dict) and "name" in raw
+        cfg = sa_from_dict(raw, file=file, where="sa" if named else f"sa[{i}]")
         if cfg.name in seen:
             raise ConfigError(f"name {cfg.name!r} is used twice", file=file, key=f"sa[{cfg.name}].name")
         seen.add(cfg.name)

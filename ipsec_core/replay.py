@@ -44,7 +44,9 @@ class ReplayWindow:
             seqh = th if seq_low >= tl - w + 1 else th + 1
         else:                                   # case B: window spans two sub-spaces
             seqh = th - 1 if seq_low >= (tl - w + 1) % SEQ32 else th
-        return (seqh << 32) | seq_low if seqh >= 0 else -1
+        if not 0 <= seqh <= 0xFFFFFFFF:         # before 0 or past 2^64 - 1: no such number
+            return -1
+        return (seqh << 32) | seq_low
 
     def check(self, seq_low: int) -> int:
         """Return the full sequence number, or raise PacketDropped(REPLAY).  Changes nothing."""

@@ -132,6 +132,14 @@ def _routing_at_destination(h: bytearray, off: int, *, outbound: bool) -> None:
             at = off + 8 + 16 * i
             h[24:40], h[at:at + 16] = h[at:at + 16], h[24:40]
     elif kind == 4:               # segment routing header: the final segment is entry 0
+        # RFC 8754 2, 4.3.1: Last Entry indexes the segment list, which must fit the header,
+        # and Segments Left may not exceed Last Entry + 1.
+        count = (size - 8) // 16
+        last_entry = h[off + 4]
+        if count < 1 or last_entry >= count or left > last_entry + 1:
+            raise PacketDropped(DropReason.MALFORMED,
+                                f"segment routing header: segments left {left}, last entry "
+                                f"{last_entry}, room for {count} segments")
         h[24:40] = h[off + 8:off + 24]
     elif outbound:
         raise LocalError(f"routing header type {kind} with segments left {left}: its final "
