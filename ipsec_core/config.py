@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ipsec_core.errors import ConfigError, ProposalError
-from ipsec_core.keywords import parse_proposal
-from ipsec_core.replay import DEFAULT_REPLAY_WINDOW_BITS
-from ipsec_core.sa import DEFAULT_OUTER_TTL, NAT_T_PORT, TFC_TO_MTU, DfBit, Direction, Lifetime, Mode, SaConfig
+from ipsec_core.transforms.keywords import parse_proposal
+from ipsec_core.dataplane.replay import DEFAULT_REPLAY_WINDOW_BITS
+from ipsec_core.dataplane.sa import DEFAULT_OUTER_TTL, NAT_T_PORT, TFC_TO_MTU, DfBit, Direction, Lifetime, Mode, SaConfig
 
 SA_KEYS = {"name", "spi", "direction", "mode", "protocol", "proposal", "key", "integrity_key",
            "tunnel", "encap", "encap_ports", "esn", "replay_window", "backend", "lifetime",
@@ -56,8 +56,25 @@ def _addr(value: Any, *, file: str | None, key: str):
         raise ConfigError(f"{value!r} is not an IPv4 or IPv6 address", file=file, key=key) from None
 
 
-def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> SaConfig:
-    """Build one SaConfig from a TOML table; ConfigError names `file` and the key."""
+def _parse_proposal(text: str, protocol: str, catalog):
+    """A proposal keyword, plugin transforms included.  Without a catalogue the built-in keywords
+    are tried first, and only an unknown one asks the process-wide registry (which loads the
+    plugins): a file of built-in proposals never loads it."""
+    if catalog is not None:
+        return parse_proposal(text, protocol, catalog=catalog)
+    try:
+        return parse_proposal(text, protocol)
+    except ProposalError:
+        from ipsec_core.crypto.registry import get_registry
+
+        return parse_proposal(text, protocol, catalog=get_registry().transforms)
+
+
+def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa",
+                 catalog=None) -> SaConfig:
+    """Build one SaConfig from a TOML table; ConfigError names `file` and the key.  `catalog`:
+    the transform catalogue for plugin proposals (default: the process-wide registry's, asked
+    only for a keyword that is not built in)."""
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, file=file, key=f"{where}.{key}")
 
@@ -78,7 +95,7 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
     if protocol not in ("esp", "ah"):
         raise fail("protocol", f"{protocol!r}: expected 'esp' or 'ah'")
     try:
-        proposal = parse_proposal(raw["proposal"], protocol)
+        proposal = _parse_proposal(raw["proposal"], protocol, catalog)
     except ProposalError as exc:
         raise fail("proposal", str(exc)) from None
     esn = raw.get("esn")
@@ -88,7 +105,7 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
         if esn != proposal.esn and "esn" in raw["proposal"].lower().split("-"):
             raise fail("esn", "contradicts the proposal's -esn suffix")
         if esn and not proposal.esn:
-            proposal = parse_proposal(raw["proposal"] + "-esn", protocol)
+            proposal = _parse_proposal(raw["proposal"] + "-esn", protocol, catalog)
     try:
         direction = Direction(raw["direction"])
     except ValueError:
@@ -163,8 +180,9 @@ def sa_from_dict(raw: dict, *, file: str | None = None, where: str = "sa") -> Sa
     return cfg
 
 
-def load_sa_file(path: str | Path) -> list[SaConfig]:
-    """Read an SA file: a list of [[sa]] tables.  Names must be unique."""
+def load_sa_file(path: str | Path, *, catalog=None) -> list[SaConfig]:
+    """Read an SA file: a list of [[sa]] tables.  Names must be unique.  `catalog`: as for
+    `sa_from_dict`."""
     path = Path(path)
     file = str(path)
     try:
@@ -186,7 +204,7 @@ def load_sa_file(path: str | Path) -> list[SaConfig]:
     seen: set[str] = set()
     for i, raw in enumerate(tables):
         named = isinstance(raw, dict) and "name" in raw
-        cfg = sa_from_dict(raw, file=file, where="sa" if named else f"sa[{i}]")
+        cfg = sa_from_dict(raw, file=file, where="sa" if named else f"sa[{i}]", catalog=catalog)
         if cfg.name in seen:
             raise ConfigError(f"name {cfg.name!r} is used twice", file=file, key=f"sa[{cfg.name}].name")
         seen.add(cfg.name)

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 
 from ipsec_core.crypto.base import FeatureKind, family_kind
 from ipsec_core.errors import AuthenticationError, PacketDropped
-from ipsec_core.transforms import ENCR_INFO, INTEG_INFO, CipherKind
+from ipsec_core.transforms.iana import ENCR_INFO, INTEG_INFO, CipherKind
 
 #: Integrity keyword used with cipher proposals when the backend under test has no MAC.
 DEFAULT_INTEG = "sha256"
@@ -227,7 +227,7 @@ def check_bad_input(registry, backend: str, family: str, *, seed: int = 2) -> No
 
 def _packets(rng: random.Random) -> list[bytes]:
     """IPv4 and IPv6 UDP packets of sizes around block and pad boundaries."""
-    from ipsec_core.packet.ip import IPPROTO_UDP, build_ipv4, build_ipv6
+    from ipsec_core.wire.ip import IPPROTO_UDP, build_ipv4, build_ipv6
 
     out = []
     src4, dst4 = bytes((198, 51, 100, 1)), bytes((203, 0, 113, 1))
@@ -246,8 +246,8 @@ def _packets(rng: random.Random) -> list[bytes]:
 
 
 def _sa_pair(registry, proposal: str, *, mode: str = "tunnel", outer=_V4, seed: int = 3):
-    from ipsec_core.keywords import parse_esp
-    from ipsec_core.sa import Direction, Mode, SaConfig
+    from ipsec_core.transforms.keywords import parse_esp
+    from ipsec_core.dataplane.sa import Direction, Mode, SaConfig
 
     prop = parse_esp(proposal, catalog=registry.transforms)
     rng = random.Random(f"{seed}:{proposal}:{mode}")
@@ -265,7 +265,7 @@ def _sa_pair(registry, proposal: str, *, mode: str = "tunnel", outer=_V4, seed: 
 
 
 def _install(registry, backend: str, config):
-    from ipsec_core.sa import SecurityAssociation
+    from ipsec_core.dataplane.sa import SecurityAssociation
 
     with registry.preferring(backend):
         sa = SecurityAssociation(config, registry=registry)
@@ -373,7 +373,7 @@ def check_batch(registry, backend: str, proposal: str, *, seed: int = 5) -> None
 def esp_proposals(registry, backend: str) -> list[str]:
     """One ESP proposal per transform and key size that the backend's offered features make
     possible (ciphers with -sha256, MACs as null-MAC)."""
-    from ipsec_core.keywords import _INTEG_NAME, esp_keywords_for
+    from ipsec_core.transforms.keywords import _INTEG_NAME, esp_keywords_for
 
     record = registry.get(backend)
     out: list[str] = []
@@ -385,7 +385,7 @@ def esp_proposals(registry, backend: str) -> list[str]:
                     out.append(f"null-{_INTEG_NAME[integ.id]}")
             continue
         for keyword in esp_keywords_for(feature.family, feature.key_bits, catalog=registry.transforms):
-            from ipsec_core.keywords import parse_esp
+            from ipsec_core.transforms.keywords import parse_esp
 
             prop = parse_esp(keyword + "-" + DEFAULT_INTEG if _needs_integ(registry, keyword) else keyword,
                              catalog=registry.transforms)
@@ -395,7 +395,7 @@ def esp_proposals(registry, backend: str) -> list[str]:
 
 def _needs_integ(registry, keyword: str) -> bool:
     from ipsec_core.errors import ProposalError
-    from ipsec_core.keywords import parse_esp
+    from ipsec_core.transforms.keywords import parse_esp
 
     try:
         parse_esp(keyword, catalog=registry.transforms)

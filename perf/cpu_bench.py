@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ipsec_core.perf import make_packets, measure
+from ipsec_core.tools.perf import make_packets, measure
 
 PROPOSALS = ["aes128gcm16", "chacha20poly1305", "aes128-sha256"]
 SIZES = [64, 576, 1400]
@@ -65,7 +65,7 @@ def imix_rates(count: int, repeats: int, batch: int = 256) -> dict:
     per-packet trailers and cuts, against the bare call looping over the same payload sizes."""
     import random
 
-    from ipsec_core.perf import bare_call, sa_pair
+    from ipsec_core.tools.perf import bare_call, sa_pair
 
     out_sa, new_inbound = sa_pair("aes128gcm16", backend="aesni")
     rng = random.Random(7)
@@ -107,10 +107,10 @@ def main() -> int:
     ap.add_argument("--plot", default="perf/results/cpu.png")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-tune-allocator", action="store_true",
-                    help="leave glibc's malloc at its defaults (see ipsec_core.tuning)")
+                    help="leave glibc's malloc at its defaults (see ipsec_core.vpn.tuning)")
     args = ap.parse_args()
     if not args.no_tune_allocator:
-        from ipsec_core.tuning import tune_allocator
+        from ipsec_core.vpn.tuning import tune_allocator
         tune_allocator()
     count = 4000 if args.quick else 40000
     records = []

@@ -6,7 +6,7 @@
 #                                 (cryptography, cffi, pycparser, pycryptodome for CPython 3.12)
 #   perf/gpu_check.sh [OUTDIR]    there: install .whl/*.whl into /tmp/site, make the checkout
 #                                 importable without pip (ipsec_plugins is the folder plugins/),
-#                                 run `pytest -k gpu tests/test_gpu_*.py`, `ipsec perf --backend gpu`
+#                                 run `pytest -k gpu tests/crypto/test_gpu_*.py`, `ipsec perf --backend gpu`
 #                                 and, for comparison, `ipsec perf --backend aesni`; write into
 #                                 OUTDIR (default $OUT, else perf/results/gpu-DATE):
 #                                   env.json        GPU, driver, Python, CuPy, nvcc versions
@@ -73,7 +73,7 @@ print(json.dumps(env, indent=2))
 EOF
 
 echo "== GPU tests" >&2
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider -rs -k gpu tests/test_gpu_*.py 2>&1 | tee "$OUTDIR/gpu_tests.log"
+timeout 180 "$PY" -m pytest -q -p no:cacheprovider -rs -k gpu tests/crypto/test_gpu_*.py 2>&1 | tee "$OUTDIR/gpu_tests.log"
 TESTS_RC=${PIPESTATUS[0]}
 
 IPSEC=("$PY" -m ipsec_core.cli)

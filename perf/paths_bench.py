@@ -5,7 +5,7 @@ transport mode):
   1. the per-packet loop (numpy hidden from `esp_vec`: `esp_fast` in tunnel mode, the generic
      loop in transport mode), glibc malloc defaults;
   2. the vectorised path (`esp_vec`), malloc defaults;
-  3. the vectorised path after `ipsec_core.tuning.tune_allocator()` (as `ipsec perf` runs).
+  3. the vectorised path after `ipsec_core.vpn.tuning.tune_allocator()` (as `ipsec perf` runs).
 
 The order is fixed because the allocator setting cannot be undone in a process.
 
@@ -18,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from ipsec_core import esp_vec
-from ipsec_core.perf import measure
-from ipsec_core.tuning import tune_allocator
+from ipsec_core.dataplane.esp import vec as esp_vec
+from ipsec_core.tools.perf import measure
+from ipsec_core.vpn.tuning import tune_allocator
 
 SIZES = (64, 1400)
 

@@ -15,7 +15,7 @@ import typer
 
 from ipsec_core.cli._common import EXIT_ERROR, console, fail, handle_errors, print_json, warn
 from ipsec_core.crypto.base import FAMILY_KIND
-from ipsec_core.keywords import esp_keywords_for, parse_esp
+from ipsec_core.transforms.keywords import esp_keywords_for, parse_esp
 
 
 def _registry():
@@ -28,12 +28,13 @@ def _records(registry):
     return sorted(registry.records.values(), key=lambda r: (-r.backend.priority, r.name))
 
 
-def algorithms_of(record) -> list[str]:
-    """The ESP keywords a backend's offered features make possible, in a stable order."""
+def algorithms_of(record, catalog=None) -> list[str]:
+    """The ESP keywords a backend's offered features make possible, in a stable order
+    (plugin transforms from `catalog`, the registry's transforms)."""
     out: list[str] = []
     for feature in record.features:
-        for keyword in esp_keywords_for(feature.family, feature.key_bits):
-            if feature.tag_bytes and parse_esp(keyword).encr_info.icv_bytes not in feature.tag_bytes:
+        for keyword in esp_keywords_for(feature.family, feature.key_bits, catalog=catalog):
+            if feature.tag_bytes and parse_esp(keyword, catalog=catalog).encr_info.icv_bytes not in feature.tag_bytes:
                 continue                  # e.g. gpu: aes128gcm16 and aes128gmac, not aes128gcm8
             if keyword not in out:
                 out.append(keyword)
@@ -69,8 +70,8 @@ def default_choices(registry) -> list[dict]:
     """For every ESP algorithm (plugin transforms included): the backend an SA that names none
     gets (the registry's choice, `ipsec_choose_backend` hooks included), or why there is none."""
     from ipsec_core.errors import IpsecError
-    from ipsec_core.keywords import _INTEG_NAME, _encr_name
-    from ipsec_core.transforms import ENCR_INFO, INTEG_INFO, CipherKind
+    from ipsec_core.transforms.keywords import _INTEG_NAME, _encr_name
+    from ipsec_core.transforms.iana import ENCR_INFO, INTEG_INFO, CipherKind
 
     wanted = []
     infos = [i for i in ENCR_INFO.values() if i.kind is not CipherKind.NULL]
@@ -92,12 +93,12 @@ def default_choices(registry) -> list[dict]:
     return rows
 
 
-def backend_json(record, choices: list[dict] | None = None) -> dict:
+def backend_json(record, choices: list[dict] | None = None, *, catalog=None) -> dict:
     return {
         "name": record.name,
         "available": record.available,
         "reason": record.reason,
-        "algorithms": algorithms_of(record),
+        "algorithms": algorithms_of(record, catalog),
         "plugin": record.plugin,
         "priority": record.backend.priority,
         "description": record.backend.description,
@@ -124,7 +125,7 @@ def backends(
     records = _records(registry)
     choices = default_choices(registry)
     if as_json:
-        print_json([backend_json(r, choices) for r in records])
+        print_json([backend_json(r, choices, catalog=registry.transforms) for r in records])
         return
     from rich.markup import escape
     from rich.table import Table
@@ -141,7 +142,7 @@ def backends(
             status = "[yellow]available, some features failed[/]"
         else:
             status = "[green]available[/]"
-        algs = escape(compact_keywords(algorithms_of(r)) or "-")
+        algs = escape(compact_keywords(algorithms_of(r, registry.transforms)) or "-")
         if r.failed:
             algs += "\n" + "\n".join(f"[red]not offered[/] {escape(k)}: {escape(v)}"
                                       for k, v in r.failed.items())
@@ -195,7 +196,7 @@ def selftest(
 
     results = []
     for record in targets:
-        for res in run_all(record.backend, family):
+        for res in run_all(record.backend, family, catalog=registry.transforms):
             results.append({"backend": record.name, "id": res.id, "family": res.family,
                             "passed": bool(res.passed), "detail": res.detail})
     passed = sum(r["passed"] for r in results)

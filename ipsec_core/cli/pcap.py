@@ -6,7 +6,7 @@ capture's: packet k is processed at install time + (timestamp k - first timestam
 lifetimes in seconds follow the capture, not the wall clock.
 Protect applies the SA's `mtu` (`SecurityAssociation.protect_wire`): a packet may become
 several fragment records with its timestamp, or be left out as "too_big".  Unprotect first
-reassembles IPv4/IPv6 fragments (`ipsec_core.fragments.Reassembler`, on the capture's clock):
+reassembles IPv4/IPv6 fragments (`ipsec_core.dataplane.fragments.Reassembler`, on the capture's clock):
 the reassembled packet is written with the timestamp of the fragment that completed it;
 datagrams still incomplete at the end of the file count as "frag_timeout".
 Must not: change timestamps or the link type: the output keeps both from the input.
@@ -25,8 +25,8 @@ import typer
 from ipsec_core.cli._common import console, handle_errors, print_json
 from ipsec_core.errors import (SILENT_DROPS, BackendError, DropReason, LifetimeExpired, LocalError, PacketDropped,
                                SequenceOverflow)
-from ipsec_core.fragments import Reassembler
-from ipsec_core.io.pcap import (PcapReader, PcapWriter, frame_with_ip, ip_from_frame,
+from ipsec_core.dataplane.fragments import Reassembler
+from ipsec_core.vpn.pcap import (PcapReader, PcapWriter, frame_with_ip, ip_from_frame,
                                 output_header)
 
 #: Drop key of a frame that carries no IPv4/IPv6 packet (ARP, LLDP...) in `unprotect`.
@@ -57,7 +57,7 @@ class PcapCounts:
 def load_sa(config: Path, name: str, *, want: str, backend: str | None = None):
     """The SA `name` of `config`, installed; a LocalError if its direction is not `want`."""
     from ipsec_core.config import find_sa, load_sa_file
-    from ipsec_core.sa import SecurityAssociation
+    from ipsec_core.dataplane.sa import SecurityAssociation
 
     file = str(config)
     cfg = find_sa(load_sa_file(config), name, file=file)

@@ -1,7 +1,7 @@
 """`ipsec perf`: what IPsec costs on this machine, per backend, proposal, packet size and mode.
 
 Owns: the options users type and the table / JSON / plot they get.  The measuring itself is
-`ipsec_core.perf.measure`, which drives the same batch path the drivers use.
+`ipsec_core.tools.perf.measure`, which drives the same batch path the drivers use.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import typer
 
 from ipsec_core.cli._common import fail, handle_errors, print_json, warn
 from ipsec_core.errors import BackendError, ProposalError
-from ipsec_core.keywords import parse_esp
+from ipsec_core.transforms.keywords import parse_esp
 
 
 def _split(text: str, what: str) -> list[str]:
@@ -42,7 +42,7 @@ def perf(
                              "that has its own benchmark (gpu)."),
     tune_allocator: bool = typer.Option(True, "--tune-allocator/--no-tune-allocator",
                                         help="Let glibc keep freed heap between batches, as a VPN driver does "
-                                        "(ipsec_core.tuning); the records say which was used."),
+                                        "(ipsec_core.vpn.tuning); the records say which was used."),
 ) -> None:
     """Measure ESP protect/unprotect throughput through the real data path, next to the bare
     AEAD/cipher call of the same backend on the same payload (measured in the same run).
@@ -50,7 +50,7 @@ def perf(
     A backend with its own benchmark (gpu) runs that one when named alone: kernel-only and
     end-to-end throughput per packet size and batch size, and latency per batch."""
     from ipsec_core.crypto.registry import get_registry
-    from ipsec_core.perf import MIN_PACKET_BYTES, measure
+    from ipsec_core.tools.perf import MIN_PACKET_BYTES, measure
 
     if direction not in ("protect", "unprotect", "both"):
         fail(f"--direction {direction!r}: expected protect, unprotect or both")
@@ -59,7 +59,7 @@ def perf(
     proposals = _split(proposal, "proposal")
     for p in proposals:
         try:
-            parse_esp(p)
+            parse_esp(p, catalog=get_registry().transforms)
         except ProposalError as exc:
             fail(f"--proposal: {exc}")
     try:
@@ -75,9 +75,9 @@ def perf(
         except ImportError:
             fail("--plot needs matplotlib: pip install 'ipsec-suite[plot]'")
     if tune_allocator:
-        from ipsec_core.tuning import tune_allocator as tune
+        from ipsec_core.vpn.tuning import tune_allocator as tune
         tune()
-    from ipsec_core import esp_vec
+    from ipsec_core.dataplane.esp import vec as esp_vec
     if not esp_vec.available():
         warn("numpy is not installed: batches run the per-packet loop, not the vectorised path "
              "(pip install 'ipsec-suite[fast]')")

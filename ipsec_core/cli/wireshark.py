@@ -32,7 +32,7 @@ from typing import Annotated, Optional
 import typer
 
 from ipsec_core.cli._common import fail, handle_errors, warn
-from ipsec_core.transforms import EncrId, IntegId
+from ipsec_core.transforms.iana import EncrId, IntegId
 
 #: Wireshark 4.0 `esp_encryption_type_vals` labels (packet-ipsec.c).
 WIRESHARK_ENCR: dict[EncrId, str] = {

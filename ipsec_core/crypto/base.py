@@ -2,7 +2,7 @@
 
 Owns: the shapes of `Backend`, `Aead`, `Cipher`, `Mac` and `Feature`.
 Must not: hold any protocol rule.  Nonce construction, IV policy, ICV truncation, constant-time
-compare, padding and sequence numbers all live in the core (`ipsec_core.esp`): a backend only
+compare, padding and sequence numbers all live in the core (`ipsec_core.dataplane.esp.engine`): a backend only
 computes a primitive on the bytes it is given.  (This is the lesson of pyca/cryptography's removed
 multi-backend layer: keep the surface small, enforce invariants in one place.)
 
@@ -46,7 +46,7 @@ Optional, for backends that compute many packets per call (the GPU): `encrypt_ba
 plaintexts, aads) -> list[ciphertext || tag]` and `decrypt_batch(nonces, ciphertexts_and_tags,
 aads) -> list[plaintext or None]` (None where the tag does not verify), over sequences of equal
 length.  When an AEAD has them, `protect_batch` / `unprotect_batch` of an SA make one call per
-batch (see `ipsec_core.esp_offload`); everything else about the packets stays in the core.
+batch (see `ipsec_core.dataplane.esp.offload`); everything else about the packets stays in the core.
 """
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from ipsec_core.crypto.base import FeatureKind, family_kind, register_family
-from ipsec_core.transforms import (PRIVATE_USE_MIN, TRANSFORM_ID_MAX, CipherKind, EncrId,
+from ipsec_core.crypto.selftest import AeadCase, CipherCase, cases_from_vectors
+from ipsec_core.transforms.keywords import is_builtin_keyword
+from ipsec_core.transforms.iana import (PRIVATE_USE_MIN, TRANSFORM_ID_MAX, CipherKind, EncrId,
                                    EncrInfo, EncrTransform, PluginEncrId)
 
 #: Transform states (`TransformRecord.state`).
@@ -84,7 +86,7 @@ class RefusedTransform:
 
 class TransformCatalog:
     """The plugin transforms of one registry.  Built-in transforms are not stored here: they stay
-    in `ipsec_core.transforms.ENCR_INFO` and `ipsec_core.keywords`."""
+    in `ipsec_core.transforms.iana.ENCR_INFO` and `ipsec_core.transforms.keywords`."""
 
     def __init__(self) -> None:
         self.records: dict[int, TransformRecord] = {}
@@ -111,7 +113,7 @@ class TransformCatalog:
 
     def _accept(self, spec: EncrTransform, plugin: str) -> TransformRecord:
         if not isinstance(spec, EncrTransform):
-            raise ValueError(f"registered {spec!r}, which is not an ipsec_core.transforms.EncrTransform")
+            raise ValueError(f"registered {spec!r}, which is not an ipsec_core.transforms.iana.EncrTransform")
         what = f"{spec.name}" if isinstance(spec.name, str) else repr(spec.name)
         if not isinstance(spec.name, str) or not _NAME_RE.fullmatch(spec.name):
             raise ValueError(f"transform name {spec.name!r} must look like ENCR_CAMELLIA_CBC")
@@ -188,7 +190,6 @@ class TransformCatalog:
                              f"block_bytes {block})")
 
     def _check_keywords(self, spec: EncrTransform, key_bits: tuple[int, ...], what: str) -> None:
-        from ipsec_core.keywords import is_builtin_keyword
 
         keywords = spec.keywords
         if not hasattr(keywords, "items") or not keywords:
@@ -213,7 +214,6 @@ class TransformCatalog:
 
     def _cases(self, spec: EncrTransform, kind: str, key_bits: tuple[int, ...], plugin: str,
                what: str) -> tuple:
-        from ipsec_core.crypto.selftest import AeadCase, CipherCase, cases_from_vectors
 
         if not spec.vectors:
             raise ValueError(f"{what}: no known-answer vectors; a transform must bring vectors "
@@ -291,12 +291,5 @@ class TransformCatalog:
         return tuple(seen.values())
 
 
-def process_catalog() -> TransformCatalog:
-    """The process-wide registry's catalogue (loads the plugins on first use)."""
-    from ipsec_core.crypto.registry import get_registry
-
-    return get_registry().transforms
-
-
 __all__ = ["NO_BACKEND", "OFFERED", "REFUSED", "UNCHECKED", "RefusedTransform", "TransformCatalog",
-           "TransformRecord", "process_catalog"]
+           "TransformRecord"]

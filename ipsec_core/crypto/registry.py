@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 import pluggy
 
-from ipsec_core import hookspecs
+from ipsec_core.crypto import hookspecs, selftest
 from ipsec_core.crypto.base import FAMILY_KIND, Backend, Feature
 from ipsec_core.crypto.catalog import (NO_BACKEND, OFFERED, REFUSED, UNCHECKED, RefusedTransform,
                                        TransformCatalog, TransformRecord)
@@ -358,8 +358,6 @@ class Registry:
 
     @staticmethod
     def _check(backend: Backend, feature: Feature) -> str | None:
-        from ipsec_core.crypto import selftest
-
         try:
             failures = selftest.quick_check(backend, feature)
         except Exception as exc:

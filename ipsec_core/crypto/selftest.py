@@ -32,7 +32,7 @@ Every valid AEAD case also flips one bit of the tag, and one of the ciphertext, 
 
 Plugin transforms bring their own vectors (`EncrTransform.vectors`, turned into cases by
 `cases_from_vectors`); `iter_cases`, `quick_check` and `run_all` take them from a transform
-catalogue (`catalog=`, by default the process-wide registry's), so `ipsec selftest` runs them too.
+catalogue (`catalog=`; the registry and the CLI pass theirs), so `ipsec selftest` runs them too.
 """
 from __future__ import annotations
 
@@ -472,19 +472,27 @@ _BUILDERS: dict[str, tuple[Callable[[], tuple[VectorCase, ...]], ...]] = {
 }
 
 
-def _default_catalog(catalog):
-    """The transform catalogue to take plugin vectors from: the one given, else the process-wide
-    registry's (loaded on first use)."""
-    if catalog is not None:
-        return catalog
-    from ipsec_core.crypto.registry import get_registry
+class _NoPluginVectors:
+    """No transform catalogue given: the packaged vectors alone."""
 
-    return get_registry().transforms
+    @staticmethod
+    def families() -> list[str]:
+        return []
+
+    @staticmethod
+    def cases(family: str) -> tuple:
+        return ()
+
+
+def _default_catalog(catalog):
+    """The transform catalogue to take plugin vectors from: the one given (the registry passes
+    its own), else none.  This module never asks for the process-wide registry."""
+    return _NoPluginVectors if catalog is None else catalog
 
 
 def iter_cases(family: str | None = None, *, catalog=None) -> Iterator[VectorCase]:
     """Every known-answer case, or those of one family: the packaged ones (files parsed on first
-    use), then those of plugin transforms in `catalog` (default: the process-wide registry's)."""
+    use), then those of plugin transforms in `catalog` (default: none)."""
     catalog = _default_catalog(catalog)
     plugin_families = catalog.families()
     if family is not None and family not in _BUILDERS and family not in plugin_families:
@@ -562,7 +570,7 @@ def quick_check(backend: Backend, feature: Feature, *, catalog=None) -> list[str
     Called by the registry when a backend registers; an empty list means the feature is offered.
     A key size with no vector to check it is a failure too: nothing untested is offered.
     A plugin family is checked with every vector its transforms brought (they are few), taken
-    from `catalog` (default: the process-wide registry's).
+    from `catalog` (the registry passes its own; default: none).
     """
     failures = []
     sizes: tuple[int | None, ...] = feature.key_bits or (None,)

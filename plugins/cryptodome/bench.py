@@ -7,7 +7,7 @@ run, interleaved, medians of several repeats (the ratio is what survives a share
 
 Sizes are the bytes the primitive sees (a 64-byte inner packet in tunnel mode is an 80-byte ESP
 payload with AES-GCM; 1400 bytes is 1424).  With --esp they are inner packet sizes, and both
-variants go through `ipsec_core.perf.measure` (what `ipsec perf` runs) on one registry, the
+variants go through `ipsec_core.tools.perf.measure` (what `ipsec perf` runs) on one registry, the
 backend's `fast` switched between runs.  Not used by the data plane or tests.
 """
 from __future__ import annotations
@@ -64,9 +64,9 @@ def run(sizes=(80, 1424), count=2000, repeats=5):
 
 
 def run_esp(proposals, sizes=(64, 1400), count=2000, repeats=5, batch=256):
-    """[(proposal, size, direction, fast_pps, public_pps)] through `ipsec_core.perf.measure`."""
+    """[(proposal, size, direction, fast_pps, public_pps)] through `ipsec_core.tools.perf.measure`."""
     from ipsec_core.crypto.registry import Registry
-    from ipsec_core.perf import measure
+    from ipsec_core.tools.perf import measure
 
     registry = Registry()
     backend = registry.get("cryptodome").backend

@@ -2,7 +2,7 @@
 ICVs (RFC 4106; also RFC 4543 GMAC, which is AES-GCM with everything in the AAD).
 
 One kernel launch seals or opens a whole batch of packets, of one SA or several (see
-kernels/aes_gcm.cu); `ipsec_core.esp_offload` hands each SA's batch over in one call
+kernels/aes_gcm.cu); `ipsec_core.dataplane.esp.offload` hands each SA's batch over in one call
 (`encrypt_batch` / `decrypt_batch`), the core keeps sequence numbers, IVs, replay state and
 counters exactly as for the CPU backends.
 
@@ -103,7 +103,7 @@ class GpuBackend(Backend):
         """This backend's own benchmark, run by `ipsec perf --backend gpu`: kernel-only,
         device end-to-end and end-to-end Gbit/s, and latency per batch (`ipsec_plugins.gpu.bench`).
         `sizes` / `batches` None: 64, 576, 1400, 9000 bytes and 1K to 64K packets."""
-        from ipsec_core.keywords import parse_esp
+        from ipsec_core.transforms.keywords import parse_esp
         from ipsec_plugins.gpu import bench
 
         key_bits = []

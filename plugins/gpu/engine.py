@@ -3,7 +3,7 @@
 Owns: `GpuEngine` (one launcher, the table of installed SAs, the lock that serialises batches
 through the launcher's reused buffers) and `GpuAead`, the object an SA binds: `encrypt` /
 `decrypt` (a batch of one: the registration self-test and single-packet `protect` use them) and
-`encrypt_batch` / `decrypt_batch` (what `ipsec_core.esp_offload` calls, once per batch).
+`encrypt_batch` / `decrypt_batch` (what `ipsec_core.dataplane.esp.offload` calls, once per batch).
 Must not: hold protocol rules (nonces, AADs and ICV checks on the wire are the core's), do I/O
 on the data path, or import CuPy (launchers do; see `cupy_launcher` and `cpu_launcher`).
 

@@ -16,7 +16,7 @@ KERNEL_FILE = "aes_gcm.cu"
 #: The CPU build: the same kernel file plus these two (see kernels/host_launch.cpp).
 HOST_FILES = ("host_shim.h", "host_launch.cpp")
 
-# Must match the #defines of kernels/aes_gcm.cu; tests/test_gpu_backend.py checks SA_BYTES against
+# Must match the #defines of kernels/aes_gcm.cu; tests/crypto/test_gpu_backend.py checks SA_BYTES against
 # the CPU build and the rest against the source text.
 MAX_LANES = 32
 MAX_BLOCK_THREADS = 256

@@ -2,7 +2,7 @@
 
 Owns: the AES key schedule and the forward/inverse block functions; the `aes-cbc` and `aes-ctr`
 cipher families (SP 800-38A sections 6.2 and 6.5) on top of them.
-Must not: hold any protocol rule (IV policy, padding, nonce layout belong to `ipsec_core.esp`).
+Must not: hold any protocol rule (IV policy, padding, nonce layout belong to `ipsec_core.dataplane.esp.engine`).
 
 The block function is the classic "T-table" formulation (FIPS 197 section 5.1, with SubBytes,
 ShiftRows and MixColumns of one round folded into four 256-entry tables of 32-bit words, as in

@@ -1,7 +1,7 @@
 """A plugin registering transforms the registry must refuse, each for one reason, next to one
 good one (id 1030) that must still be accepted."""
 from ipsec_core import hookimpl
-from ipsec_core.transforms import EncrTransform
+from ipsec_core.transforms.iana import EncrTransform
 from ipsec_test_plugins import toy_gcm
 
 _GOOD = dict(kind="aead", family="toy-gcm", key_bits=(128,), iv_bytes=8, block_bytes=4,

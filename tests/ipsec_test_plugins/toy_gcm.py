@@ -9,7 +9,7 @@ from ipsec_core import hookimpl
 from ipsec_core.crypto import selftest
 from ipsec_core.crypto.base import Backend, Feature
 from ipsec_core.errors import AuthenticationError
-from ipsec_core.transforms import EncrTransform
+from ipsec_core.transforms.iana import EncrTransform
 
 TOY_ID = 1025
 

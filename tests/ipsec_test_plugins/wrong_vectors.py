@@ -2,7 +2,7 @@
 backend: the transform is refused and the backend does not offer the family."""
 from ipsec_core import hookimpl
 from ipsec_test_plugins import toy_gcm
-from ipsec_core.transforms import EncrTransform
+from ipsec_core.transforms.iana import EncrTransform
 
 
 def _wrong():

@@ -25,7 +25,7 @@ from importlib import resources
 
 from ipsec_core import hookimpl
 from ipsec_core.crypto.base import Backend, Feature
-from ipsec_core.transforms import EncrTransform
+from ipsec_core.transforms.iana import EncrTransform
 
 __version__ = "0.1.0"
 

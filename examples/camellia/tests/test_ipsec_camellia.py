@@ -18,8 +18,8 @@ import pytest
 ipsec_camellia = pytest.importorskip(
     "ipsec_camellia", reason="the example plugin is not installed: pip install ./examples/camellia")
 
-from ipsec_core.keywords import parse_esp  # noqa: E402
-from ipsec_core.sa import Direction, Mode, SaConfig, SecurityAssociation  # noqa: E402
+from ipsec_core.transforms.keywords import parse_esp  # noqa: E402
+from ipsec_core.dataplane.sa import Direction, Mode, SaConfig, SecurityAssociation  # noqa: E402
 from ipsec_core.testing import plugin_registry  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -122,7 +122,7 @@ def _sa_pair(registry, proposal, key, integ):
 
 
 def _inner() -> bytes:
-    from ipsec_core.packet.ip import IPPROTO_UDP, build_ipv4
+    from ipsec_core.wire.ip import IPPROTO_UDP, build_ipv4
 
     udp = struct.pack("!HHHH", 40000, 53, 8 + 33, 0) + b"camellia over ESP, 33 bytes long."
     return build_ipv4(src=bytes((198, 51, 100, 1)), dst=bytes((203, 0, 113, 1)),

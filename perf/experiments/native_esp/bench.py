@@ -8,7 +8,8 @@ import json
 import sys, os, time, statistics
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "build"))
 import espnative
-from ipsec_core import perf, tuning
+from ipsec_core.tools import perf
+from ipsec_core.vpn import tuning
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 print("allocator:", tuning.tune_allocator())
 BATCH, ROUNDS, RUNS = 256, 160, 7

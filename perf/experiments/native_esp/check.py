@@ -1,7 +1,7 @@
 import sys, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "build"))
 import espnative
-from ipsec_core import perf
+from ipsec_core.tools import perf
 
 def params(out):
     k = out.config.enc_key

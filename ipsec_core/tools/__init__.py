@@ -1,0 +1,1 @@
+"""Logic behind the CLI's measuring and export commands (no typer here): `perf`."""
