@@ -1,0 +1,102 @@
+"""What an IKE connection is configured to do: typed, validated objects, no file format.
+
+Owns: `IkeConfig` (one connection: addresses, identities, authentication, IKE proposals,
+timers) and `ChildConfig` (one CHILD SA template: traffic selectors, ESP proposals, mode,
+start action, backend, lifetimes).  The TOML loader (`ipsec_core.connections.load_connections`)
+builds them; tests and `ipsec demo` build them directly.
+Must not: read files, parse TOML, or touch the crypto registry.
+
+Names and defaults follow swanctl.conf, so strongSwan users recognise them.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: strongSwan's retransmission defaults (charon.retransmit_timeout/base/tries).
+RETRANSMIT_TIMEOUT = 4.0
+RETRANSMIT_BASE = 1.8
+RETRANSMIT_TRIES = 5
+#: swanctl.conf defaults.
+IKE_REKEY_TIME = 4 * 3600.0
+CHILD_REKEY_TIME = 3600.0
+NAT_KEEPALIVE_INTERVAL = 20.0
+IKE_PORT = 500
+NAT_T_PORT = 4500
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSelectorSpec:
+    """One traffic selector as configured: an address prefix, optionally narrowed to an IP
+    protocol (0 = any) and a port range (0..65535 = any)."""
+
+    network: IpNetwork
+    protocol: int = 0
+    start_port: int = 0
+    end_port: int = 65535
+
+    def __str__(self) -> str:
+        text = str(self.network)
+        if self.protocol or (self.start_port, self.end_port) != (0, 65535):
+            ports = (str(self.start_port) if self.start_port == self.end_port
+                     else f"{self.start_port}-{self.end_port}")
+            text += f"[{self.protocol or 'any'}/{ports}]"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class ChildConfig:
+    name: str
+    local_ts: tuple[TrafficSelectorSpec, ...]
+    remote_ts: tuple[TrafficSelectorSpec, ...]
+    esp_proposals: tuple[str, ...] = ("aes128gcm16", "aes128-sha256")
+    mode: str = "tunnel"                  # "tunnel" or "transport"
+    start_action: str = "none"            # "start": initiate with the IKE SA; "none": wait
+    backend: str | None = None            # crypto backend for this CHILD SA's ESP
+    rekey_time: float = CHILD_REKEY_TIME  # seconds; 0 disables
+    life_time: float | None = None        # hard lifetime; default rekey_time * 1.1
+    rekey_bytes: int = 0
+    rekey_packets: int = 0
+    replay_window: int = 32
+
+    @property
+    def hard_time(self) -> float | None:
+        if self.life_time is not None:
+            return self.life_time
+        return self.rekey_time * 1.1 if self.rekey_time else None
+
+
+@dataclass(frozen=True, slots=True)
+class IkeConfig:
+    name: str
+    local_addrs: tuple[str, ...]
+    remote_addrs: tuple[str, ...]
+    local_id: str | None = None           # None: the local address
+    remote_id: str | None = None          # None: accept any identity the PSK authenticates
+    auth: str = "psk"
+    psk: bytes = field(default=b"", repr=False)
+    proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048")
+    encap: bool = False                   # force UDP encapsulation (fake NAT, as strongSwan)
+    children: tuple[ChildConfig, ...] = ()
+    local_port: int = IKE_PORT
+    remote_port: int = IKE_PORT
+    nat_t_port: int = NAT_T_PORT          # local and remote port after the move to NAT-T
+    backend: str | None = None            # crypto backend for the IKE SA itself
+    rekey_time: float = IKE_REKEY_TIME
+    dpd_delay: float = 0.0                # 0: no liveness checks of an idle peer
+    keepalive_interval: float = NAT_KEEPALIVE_INTERVAL
+    retransmit_timeout: float = RETRANSMIT_TIMEOUT
+    retransmit_base: float = RETRANSMIT_BASE
+    retransmit_tries: int = RETRANSMIT_TRIES
+
+    def child(self, name: str) -> ChildConfig:
+        for c in self.children:
+            if c.name == name:
+                return c
+        raise KeyError(f"connection {self.name!r} has no child {name!r}")
+
+
+__all__ = ["ChildConfig", "IkeConfig", "TrafficSelectorSpec", "IpNetwork", "RETRANSMIT_TIMEOUT",
+           "RETRANSMIT_BASE", "RETRANSMIT_TRIES", "IKE_PORT", "NAT_T_PORT"]
