@@ -60,6 +60,15 @@ class AuthenticationError(IpsecError):
     """Raised by a backend's AEAD/MAC verification when the ICV does not match."""
 
 
+class KeyExchangeError(IpsecError):
+    """The peer's key exchange value is not acceptable: wrong length, not in the group (MODP
+    outside 1 < y < p-1, an ECP point off the curve), or it gives a degenerate shared secret
+    (X25519/X448 all zeros).  A remote error: IKE answers it with the Notify type in `notify`,
+    INVALID_KE_PAYLOAD (RFC 7296 3.10.1)."""
+
+    notify = 17
+
+
 class DropReason(str, enum.Enum):
     """Why an inbound (or outbound) packet was dropped.  The value is the counter key and JSON key."""
 

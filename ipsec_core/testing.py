@@ -10,7 +10,8 @@ AssertionError) with what is wrong:
   Wycheproof ones, and those of plugin transforms) through `selftest.run_all`, with at least one
   vector for each declared key size;
 - ``differential[FAMILY]``: random keys, nonces, AADs and lengths against the pure-Python
-  `reference` backend, for the families it has too;
+  `reference` backend, for the families it has too (key exchange: a fixed private key gives
+  the same public value, and fresh keys on both sides agree);
 - ``bad-input[FAMILY]``: AEADs must raise `AuthenticationError` (and nothing else) for a forged
   tag, a flipped ciphertext or AAD bit, a truncated input and one shorter than the tag;
 - ``esp[PROPOSAL]``: a real SA pair bound to the backend: tunnel and transport, IPv4 and IPv6
@@ -44,6 +45,8 @@ DEFAULT_INTEG = "sha256"
 REFERENCE = "reference"
 _V4 = (ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2"))
 _V6 = (ipaddress.ip_address("2001:db8::1"), ipaddress.ip_address("2001:db8::2"))
+#: The data plane's `now` for the kit's SAs: they have no lifetimes, so one instant will do.
+_NOW = 0.0
 
 
 class ConformanceError(AssertionError):
@@ -179,6 +182,14 @@ def check_differential(registry, backend: str, family: str, *, rounds: int = 3, 
                     problems.append(f"encrypt differs from reference ({bits}-bit key, {n} bytes)")
                 elif a.decrypt(iv, want) != data:
                     problems.append(f"decrypt of the reference's output is wrong ({bits}-bit key, {n} bytes)")
+    elif kind is FeatureKind.PRF:
+        for _ in range(rounds + 1):
+            key_len = rng.choice((0, 10, 16, 20, 32, 64, 100, 200))   # the AES PRFs' key rule too
+            key, msg = blob(key_len), blob(rng.choice(lengths))
+            if ours.prf(family, key).prf(msg) != ref.prf(family, key).prf(msg):
+                problems.append(f"PRF differs from reference ({key_len}-byte key, {len(msg)} bytes)")
+    elif kind is FeatureKind.KE:
+        problems += _ke_differential(ours, ref, family, blob)
     else:
         for bits in sizes:
             for _ in range(rounds):
@@ -187,6 +198,28 @@ def check_differential(registry, backend: str, family: str, *, rounds: int = 3, 
                 if ours.mac(family, key).mac(msg) != ref.mac(family, key).mac(msg):
                     problems.append(f"MAC differs from reference ({key_len}-byte key, {len(msg)} bytes)")
     _fail(f"{backend} against reference on {family}", problems)
+
+
+def _ke_differential(ours, ref, family: str, blob) -> list[str]:
+    """A fixed private key gives the reference's public value; fresh keys on both sides agree."""
+    from ipsec_core.crypto.kex import ke_family
+    from ipsec_core.transforms.iana import KeKind
+
+    spec = ke_family(family)
+    if spec.kind is KeKind.MODP:
+        private = bytes([0x80]) + blob(31)                    # a 256-bit exponent, in range
+    elif spec.kind is KeKind.ECP:
+        private = b"\x00" + blob(spec.private_bytes - 2) + b"\x01"   # below n, not zero
+    else:
+        private = blob(spec.private_bytes)
+    problems = []
+    a, b = ours.key_exchange(family, private_key=private), ref.key_exchange(family, private_key=private)
+    if a.public_bytes != b.public_bytes:
+        problems.append("the public value of a fixed private key differs from reference")
+    mine, theirs = ours.key_exchange(family), ref.key_exchange(family)
+    if mine.shared_secret(theirs.public_bytes) != theirs.shared_secret(mine.public_bytes):
+        problems.append("fresh keys: the shared secret differs from reference's")
+    return problems
 
 
 def check_bad_input(registry, backend: str, family: str, *, seed: int = 2) -> None:
@@ -268,7 +301,7 @@ def _install(registry, backend: str, config):
     from ipsec_core.dataplane.sa import SecurityAssociation
 
     with registry.preferring(backend):
-        sa = SecurityAssociation(config, registry=registry)
+        sa = SecurityAssociation(config, registry=registry, now=_NOW)
     if backend not in sa.engine.backend_names.split(","):
         raise ConformanceError(f"{config.proposal.keyword}: the SA bound {sa.engine.backend_names}, "
                                f"not {backend}")
@@ -289,17 +322,17 @@ def check_esp(registry, backend: str, proposal: str, *, seed: int = 4) -> None:
         out_cfg, in_cfg = _sa_pair(registry, proposal, mode=mode, outer=outer or _V4)
         out, inb = _install(registry, backend, out_cfg), _install(registry, backend, in_cfg)
         where = f"{mode}" + (f" over IPv{outer[0].version}" if outer else "")
-        wire = [out.protect(p) for p in packets]
+        wire = [out.protect(p, now=_NOW) for p in packets]
         for p, w in zip(packets, wire):
             try:
-                got = inb.unprotect(w)
+                got = inb.unprotect(w, now=_NOW)
             except PacketDropped as drop:
                 problems.append(f"{where}: a {len(p)}-byte packet was dropped ({drop})")
                 continue
             if got != p:
                 problems.append(f"{where}: a {len(p)}-byte packet came back different")
         # Bad packets: each is dropped, and the SA is as before (a fresh genuine one passes).
-        extra = [out.protect(p) for p in packets[:3]]
+        extra = [out.protect(p, now=_NOW) for p in packets[:3]]
         before = inb.replay.snapshot()
         ip_len = (extra[1][0] & 15) * 4 if extra[1][0] >> 4 == 4 else 40
         bad = {
@@ -312,7 +345,7 @@ def check_esp(registry, backend: str, proposal: str, *, seed: int = 4) -> None:
         }
         for what, (packet, reasons) in bad.items():
             try:
-                inb.unprotect(packet)
+                inb.unprotect(packet, now=_NOW)
             except PacketDropped as drop:
                 if drop.reason.value not in reasons:
                     problems.append(f"{where}: {what} dropped as {drop.reason.value}, expected "
@@ -323,7 +356,7 @@ def check_esp(registry, backend: str, proposal: str, *, seed: int = 4) -> None:
             problems.append(f"{where}: a dropped packet changed the replay window")
         for p, w in zip(packets[:3], extra):
             try:
-                if inb.unprotect(w) != p:
+                if inb.unprotect(w, now=_NOW) != p:
                     problems.append(f"{where}: a genuine packet after the bad ones came back different")
             except PacketDropped as drop:
                 problems.append(f"{where}: a genuine packet after the bad ones was dropped ({drop})")
@@ -338,8 +371,8 @@ def check_batch(registry, backend: str, proposal: str, *, seed: int = 5) -> None
     one_out, many_out = _install(registry, backend, out_cfg), _install(registry, backend, out_cfg)
     many_out.engine.ident = one_out.engine.ident
     problems: list[str] = []
-    single = [one_out.protect(p) for p in packets]
-    batch = many_out.protect_batch(packets[:20]) + many_out.protect_batch(packets[20:])
+    single = [one_out.protect(p, now=_NOW) for p in packets]
+    batch = many_out.protect_batch(packets[:20], now=_NOW) + many_out.protect_batch(packets[20:], now=_NOW)
     info = out_cfg.proposal.encr_info
     deterministic = not (info.kind is CipherKind.CIPHER and not info.counter)  # CBC: random IVs
     if deterministic and batch != single:
@@ -352,11 +385,12 @@ def check_batch(registry, backend: str, proposal: str, *, seed: int = 5) -> None
         verdicts_one = []
         for w in stream:
             try:
-                verdicts_one.append(one_in.unprotect(w))
+                verdicts_one.append(one_in.unprotect(w, now=_NOW))
             except PacketDropped as drop:
                 verdicts_one.append(drop.reason.value)
         verdicts_many = [v.reason.value if isinstance(v, PacketDropped) else v
-                         for v in many_in.unprotect_batch(stream[:15]) + many_in.unprotect_batch(stream[15:])]
+                         for v in (many_in.unprotect_batch(stream[:15], now=_NOW)
+                                   + many_in.unprotect_batch(stream[15:], now=_NOW))]
         if verdicts_many != verdicts_one:
             diff = next(i for i, (a, b) in enumerate(zip(verdicts_one, verdicts_many)) if a != b)
             problems.append(f"unprotect_batch of {source}'s packets differs from unprotect at "

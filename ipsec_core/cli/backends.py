@@ -1,7 +1,9 @@
 """`ipsec backends` and `ipsec selftest`: what the crypto registry holds, and the vector run.
 
 Owns: the JSON shapes of both commands (`backends`: a list of objects with name, available,
-reason, algorithms, and `default_for`: the algorithms an SA naming no backend gets from it;
+reason, algorithms (ESP keywords), ike_algorithms (the IKE-only ones: PRFs and key exchange
+methods, e.g. prfsha256, ecp256, x25519, modp2048), and `default_for`: the algorithms an SA or
+IKE SA naming no backend gets from it;
 `selftest`: an object with passed, failed, results).
 Must not: test or select anything itself: the registry and `ipsec_core.crypto.selftest` do.
 """
@@ -15,6 +17,7 @@ import typer
 
 from ipsec_core.cli._common import EXIT_ERROR, console, fail, handle_errors, print_json, warn
 from ipsec_core.crypto.base import FAMILY_KIND
+from ipsec_core.transforms.ike import ike_keywords_for
 from ipsec_core.transforms.keywords import esp_keywords_for, parse_esp
 
 
@@ -38,6 +41,15 @@ def algorithms_of(record, catalog=None) -> list[str]:
                 continue                  # e.g. gpu: aes128gcm16 and aes128gmac, not aes128gcm8
             if keyword not in out:
                 out.append(keyword)
+    return out
+
+
+def ike_algorithms_of(record) -> list[str]:
+    """The IKE-only keywords (PRFs, then key exchange methods) a backend's offered features
+    make possible."""
+    out: list[str] = []
+    for feature in record.features:
+        out.extend(k for k in ike_keywords_for(feature.family) if k not in out)
     return out
 
 
@@ -71,7 +83,7 @@ def default_choices(registry) -> list[dict]:
     gets (the registry's choice, `ipsec_choose_backend` hooks included), or why there is none."""
     from ipsec_core.errors import IpsecError
     from ipsec_core.transforms.keywords import _INTEG_NAME, _encr_name
-    from ipsec_core.transforms.iana import ENCR_INFO, INTEG_INFO, CipherKind
+    from ipsec_core.transforms.iana import ENCR_INFO, INTEG_INFO, KE_INFO, PRF_INFO, CipherKind
 
     wanted = []
     infos = [i for i in ENCR_INFO.values() if i.kind is not CipherKind.NULL]
@@ -82,6 +94,8 @@ def default_choices(registry) -> list[dict]:
     for integ in INTEG_INFO.values():
         bits = None if integ.family.startswith("hmac") else integ.key_bytes * 8
         wanted.append((_INTEG_NAME[integ.id], integ.family, bits, None))
+    for family in [p.family for p in PRF_INFO.values()] + [k.family for k in KE_INFO.values()]:
+        wanted += [(keyword, family, None, None) for keyword in ike_keywords_for(family)]
     rows = []
     for keyword, family, bits, tag in wanted:
         try:
@@ -99,6 +113,7 @@ def backend_json(record, choices: list[dict] | None = None, *, catalog=None) -> 
         "available": record.available,
         "reason": record.reason,
         "algorithms": algorithms_of(record, catalog),
+        "ike_algorithms": ike_algorithms_of(record),
         "plugin": record.plugin,
         "priority": record.backend.priority,
         "description": record.backend.description,
@@ -113,7 +128,7 @@ def backends(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print a JSON list (for scripts).")] = False,
 ) -> None:
-    """List every crypto backend: available or why not, and the ESP algorithms it offers.
+    """List every crypto backend: available or why not, and the ESP and IKE algorithms it offers.
 
     Backends are ordered by priority: an SA that names no backend gets the first available one
     that offers its algorithm.  Features that failed their self-test are not offered and are
@@ -135,6 +150,7 @@ def backends(
     table.add_column("prio", justify="right")
     table.add_column("status", ratio=1, overflow="fold")
     table.add_column("ESP algorithms", ratio=2, min_width=30, overflow="fold")
+    table.add_column("IKE PRF / key exchange", ratio=1, min_width=16, overflow="fold")
     for r in records:
         if not r.available:
             status = f"[red]unavailable[/]: {escape(str(r.reason))}"
@@ -147,12 +163,16 @@ def backends(
             algs += "\n" + "\n".join(f"[red]not offered[/] {escape(k)}: {escape(v)}"
                                       for k, v in r.failed.items())
         status += f"\n[dim]plugin {escape(r.plugin)}[/]"
-        table.add_row(escape(r.name), str(r.backend.priority), status, algs)
+        ike_kws = ike_algorithms_of(r)      # x25519 x448 stay apart: "x{448,25519}" reads badly
+        ike = escape(" ".join(filter(None, (
+            compact_keywords([k for k in ike_kws if not k.startswith("x")]),
+            " ".join(k for k in ike_kws if k.startswith("x"))))) or "-")
+        table.add_row(escape(r.name), str(r.backend.priority), status, algs, ike)
     out = console()
     out.print(table)
     chosen = Table(title="Default choice: the backend each algorithm gets when an SA names none")
     chosen.add_column("backend", style="bold", no_wrap=True)
-    chosen.add_column("ESP algorithms", ratio=1, overflow="fold")
+    chosen.add_column("algorithms", ratio=1, overflow="fold")
     by_backend: dict[str, list[str]] = {}
     for c in choices:
         by_backend.setdefault(c["backend"] or "", []).append(c["algorithm"])

@@ -1,6 +1,6 @@
 """The tiny interface every crypto backend implements.
 
-Owns: the shapes of `Backend`, `Aead`, `Cipher`, `Mac` and `Feature`.
+Owns: the shapes of `Backend`, `Aead`, `Cipher`, `Mac`, `Prf`, `KeyExchange` and `Feature`.
 Must not: hold any protocol rule.  Nonce construction, IV policy, ICV truncation, constant-time
 compare, padding and sequence numbers all live in the core (`ipsec_core.dataplane.esp.engine`): a backend only
 computes a primitive on the bytes it is given.  (This is the lesson of pyca/cryptography's removed
@@ -22,7 +22,21 @@ hmac-sha1           MAC     HMAC (RFC 2104), full 20-byte output; any key length
 hmac-sha256/384/512 MAC     HMAC, full 32/48/64-byte output; any key length
 aes-xcbc            MAC     AES-XCBC-MAC (RFC 3566), 16-byte key, full 16-byte output
 aes-cmac            MAC     AES-CMAC (RFC 4493), 16/24/32-byte key, full 16-byte output
+prf-hmac-sha1/256/  PRF     IKEv2 PRF: the full HMAC output, any key length (RFC 4868 2.1.2)
+384/512
+prf-aes128-xcbc     PRF     AES-XCBC-PRF-128 (RFC 4434): any key length, 16-byte output
+prf-aes128-cmac     PRF     AES-CMAC-PRF-128 (RFC 4615): any key length, 16-byte output
+modp2048/3072/4096  KE      RFC 3526 groups 14-16; encodings and peer checks in
+                            `ipsec_core.crypto.kex`
+ecp256/384/521      KE      RFC 5903 groups 19-21 (x || y public, x shared secret)
+curve25519/448      KE      X25519/X448, groups 31-32 (RFC 7748, RFC 8031)
 ==================  ======  ==============================================================
+
+PRFs come for free: the default `Backend.prf` is `ipsec_core.crypto.prf.MacPrf` over the
+backend's own `mac` (the AES PRFs' key rule applied on top), so a backend that offers the MAC
+family can declare the PRF family.  `KeyExchange.shared_secret` raises
+`ipsec_core.errors.KeyExchangeError` for a peer value it must refuse (see `crypto.kex`), and
+`Backend.key_exchange` with `private_key=` takes a fixed private key (known-answer tests only).
 
 Plugins may add families (hook `ipsec_register_transforms`): a new ESP transform names the
 family its backend must implement and its kind, and the family is then accepted by `Feature`.
@@ -55,11 +69,16 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Protocol, runtime_checkable
 
+from ipsec_core.crypto.prf import MacPrf
+from ipsec_core.transforms.iana import KE_INFO, PRF_INFO, KeKind
+
 
 class FeatureKind(str, enum.Enum):
     AEAD = "aead"
     CIPHER = "cipher"
     MAC = "mac"
+    PRF = "prf"
+    KE = "ke"
 
 
 FAMILY_KIND: dict[str, FeatureKind] = {
@@ -74,6 +93,8 @@ FAMILY_KIND: dict[str, FeatureKind] = {
     "hmac-sha512": FeatureKind.MAC,
     "aes-xcbc": FeatureKind.MAC,
     "aes-cmac": FeatureKind.MAC,
+    **{p.family: FeatureKind.PRF for p in PRF_INFO.values()},
+    **{k.family: FeatureKind.KE for k in KE_INFO.values()},
 }
 
 
@@ -142,15 +163,18 @@ class Feature:
         return text + (f"[tag {'/'.join(map(str, self.tag_bytes))}]" if self.tag_bytes else "")
 
 
-def standard_features() -> tuple[Feature, ...]:
+def standard_features(*, modp: bool = True) -> tuple[Feature, ...]:
     """Every built-in family at the key sizes IPsec uses: what a complete CPU backend offers
-    (AES 128/192/256, ChaCha20 256, XCBC 128, HMAC any key)."""
+    (AES 128/192/256, ChaCha20 256, XCBC 128, HMAC any key; every IKE PRF; every key exchange
+    method, without the MODP groups when `modp` is false)."""
     aes = (128, 192, 256)
     return (
         Feature("aes-gcm", aes), Feature("aes-ccm", aes), Feature("chacha20-poly1305", (256,)),
         Feature("aes-cbc", aes), Feature("aes-ctr", aes),
         Feature("hmac-sha1"), Feature("hmac-sha256"), Feature("hmac-sha384"), Feature("hmac-sha512"),
         Feature("aes-xcbc", (128,)), Feature("aes-cmac", aes),
+        *(Feature(p.family) for p in PRF_INFO.values()),
+        *(Feature(k.family) for k in KE_INFO.values() if modp or k.kind is not KeKind.MODP),
     )
 
 
@@ -175,6 +199,27 @@ class Mac(Protocol):
     digest_bytes: int
 
     def mac(self, data: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class Prf(Protocol):
+    """An IKEv2 PRF bound to its key: `prf(data)` is the full output (`output_bytes` long)."""
+
+    output_bytes: int
+
+    def prf(self, data: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class KeyExchange(Protocol):
+    """One side of one key exchange, with its private key inside.  `group` is the IANA number,
+    `public_bytes` the KE payload data; `shared_secret` raises KeyExchangeError for a peer value
+    that must be refused (wire formats and checks: `ipsec_core.crypto.kex`)."""
+
+    group: int
+    public_bytes: bytes
+
+    def shared_secret(self, peer_public: bytes) -> bytes: ...
 
 
 class Backend:
@@ -205,3 +250,13 @@ class Backend:
 
     def mac(self, family: str, key: bytes) -> Mac:
         raise NotImplementedError(f"{self.name} has no MAC {family}")
+
+    def prf(self, family: str, key: bytes) -> Prf:
+        """The IKE PRF `family` keyed with `key` (any length).  By default the generic adapter
+        over this backend's own MAC; override only for a faster one computing the same."""
+        return MacPrf(self, family, key)
+
+    def key_exchange(self, family: str, *, private_key: bytes | None = None) -> KeyExchange:
+        """A fresh key exchange of `family` ("ecp256", "curve25519", "modp2048" ...) with a
+        private key from a CSPRNG, or `private_key` (known-answer tests)."""
+        raise NotImplementedError(f"{self.name} has no key exchange {family}")

@@ -27,6 +27,23 @@ What is covered, and what is left out on purpose (each family's contract is in `
   the backend's MAC).  aes-cmac: RFC 4494 cases 1-4 (96-bit ICV), RFC 4615 (the IKE PRF, likewise),
   Wycheproof aes_cmac with 128/192/256-bit keys (its invalid key sizes are outside the contract).
 
+- prf-*: the IKE PRFs through `Backend.prf`: RFC 4868 PRF-1..6 (SHA-2), RFC 4434 (XCBC) and
+  RFC 4615 (CMAC) with keys shorter than, equal to and longer than 16 bytes, and Wycheproof
+  hmac_sha1's full-length (160-bit) tags for prf-hmac-sha1, which no RFC prints.
+- key exchange (`Backend.key_exchange` with a fixed private key: the public value and the shared
+  secret must match, or the peer value must be refused with `KeyExchangeError`):
+  ecp256/384/521: RFC 5903 section 8 (both sides) and Wycheproof ecdh_secp*_ecpoint.  IKE
+  carries x || y (RFC 5903 7), so an uncompressed X9.62 point loses its 0x04 and anything else
+  (compressed points: one "acceptable" case per file) goes in as it is and must be refused for
+  its length.  curve25519/448: RFC 7748 5.2 and 6.1/6.2, and Wycheproof x25519/x448, where the
+  "acceptable" cases flagged ZeroSharedSecret must be refused (RFC 8031 2.1 makes the check
+  mandatory) and every other "acceptable" one (twist, non-canonical, other low-order points)
+  must match (RFC 7748 5).  modp2048/3072/4096: no published known answers exist for the
+  RFC 3526 groups with IKE encodings, so `vectors/derived/` holds values computed with pow()
+  and checked with OpenSSL.  Peer values every group must refuse (RFC 6989: MODP outside
+  1 < y < p-1, ECP points off the curve or with a coordinate >= p, the point at infinity;
+  RFC 8031: X25519/X448 all-zero secrets; and wrong lengths) are built here around a valid case.
+
 Every valid AEAD case also flips one bit of the tag, and one of the ciphertext, and expects
 `AuthenticationError` each time.
 
@@ -43,7 +60,10 @@ from importlib import resources
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ipsec_core.crypto.base import Backend, Feature
-from ipsec_core.errors import AuthenticationError
+from ipsec_core.crypto.kex import ECP_FIELD_PRIMES, KE_FAMILIES, MODP_PRIMES, ke_family_by_group
+from ipsec_core.crypto.prf import PRF_FAMILIES
+from ipsec_core.errors import AuthenticationError, KeyExchangeError
+from ipsec_core.transforms.iana import KeKind
 
 #: Full output length of each MAC family (the contract: backends return untruncated MACs).
 MAC_DIGEST_BYTES = {
@@ -199,6 +219,53 @@ class MacCase(VectorCase):
             return None
         if got == self.tag:
             return "MAC matches a modified tag"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PrfCase(VectorCase):
+    """An IKE PRF through `Backend.prf`: the key rule is the backend's (or the core adapter's)."""
+
+    key: bytes = b""
+    data: bytes = b""
+    output: bytes = b""
+
+    def _run(self, backend: Backend) -> str | None:
+        prf = backend.prf(self.family, self.key)
+        want = PRF_FAMILIES[self.family].output_bytes
+        if prf.output_bytes != want:
+            return f"output_bytes is {prf.output_bytes}, the PRF's output is {want}"
+        out = prf.prf(self.data)
+        if out != self.output:
+            return _mismatch("PRF", out, self.output)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class KeCase(VectorCase):
+    """A key exchange with a fixed private key.  Valid: `public` (when given) and `shared` must
+    come out; invalid: `shared_secret(peer_public)` must raise KeyExchangeError."""
+
+    private_key: bytes = b""
+    peer_public: bytes = b""
+    public: bytes = b""          # expected public value of private_key; empty: not checked
+    shared: bytes = b""          # expected shared secret (valid cases)
+
+    def _run(self, backend: Backend) -> str | None:
+        kx = backend.key_exchange(self.family, private_key=self.private_key)
+        group = KE_FAMILIES[self.family].group
+        if kx.group != group:
+            return f"group is {kx.group}, {self.family} is {group}"
+        if self.public and kx.public_bytes != self.public:
+            return _mismatch("public value", kx.public_bytes, self.public)
+        try:
+            secret = kx.shared_secret(self.peer_public)
+        except KeyExchangeError as exc:
+            return None if not self.valid else f"refused a valid peer value ({exc})"
+        if not self.valid:
+            return "accepted a peer value it must refuse"
+        if secret != self.shared:
+            return _mismatch("shared secret", secret, self.shared)
         return None
 
 
@@ -455,6 +522,177 @@ def _rfc4494() -> tuple[VectorCase, ...]:
     return tuple(cases)
 
 
+# -- PRFs ---------------------------------------------------------------------------------------
+@functools.cache
+def _prf_rfc4868(bits: str) -> tuple[VectorCase, ...]:
+    filename = "rfc4868_hmac_sha2_ipsec.json"
+    cases = []
+    for c in _rfc_cases(filename):
+        label = c["name"].removeprefix("Test Case ").lower().replace("-", "")   # "prf1"
+        if label.startswith("prf"):
+            cases.append(PrfCase(
+                id=f"rfc4868-{label}-prfsha{bits}", family=f"prf-hmac-sha{bits}", key_bits=None,
+                source=f"rfc/{filename}", valid=True, key=_hex(c["key"]), data=_hex(c["data"]),
+                output=_hex(c[f"prf_hmac_sha_{bits}"])))
+    return tuple(cases)
+
+
+@functools.cache
+def _prf_aes(rfc: str) -> tuple[VectorCase, ...]:
+    filename, family, keyword = {
+        "rfc4434": ("rfc4434_aes_xcbc_prf_128.json", "prf-aes128-xcbc", "prfaesxcbc"),
+        "rfc4615": ("rfc4615_aes_cmac_prf_128.json", "prf-aes128-cmac", "prfaescmac")}[rfc]
+    return tuple(
+        PrfCase(id=f"{rfc}-case{number}-{keyword}", family=family, key_bits=None,
+                source=f"rfc/{filename}", valid=True, key=_hex(c["key"]),
+                data=_hex(c["message"]), output=_hex(c["prf_output"]))
+        for number, c in enumerate(_rfc_cases(filename), start=1))
+
+
+@functools.cache
+def _prf_sha1() -> tuple[VectorCase, ...]:
+    """Wycheproof hmac_sha1's valid cases with full 160-bit tags: the PRF's whole output."""
+    cases = []
+    for group, t in _wycheproof_tests("hmac_sha1"):
+        if group["tagSize"] == 160 and t["result"] == "valid":
+            cases.append(PrfCase(
+                id=f"wycheproof-hmac_sha1-tc{t['tcId']}-prfsha1", family="prf-hmac-sha1",
+                key_bits=None, source="wycheproof/hmac_sha1_test.json", valid=True,
+                key=_hex(t["key"]), data=_hex(t["msg"]), output=_hex(t["tag"])))
+    return tuple(cases)
+
+
+# -- key exchange -------------------------------------------------------------------------------
+_XDH_FILES = {"curve25519": "x25519", "curve448": "x448"}
+_ECDH_FILES = {"ecp256": "ecdh_secp256r1_ecpoint", "ecp384": "ecdh_secp384r1_ecpoint",
+               "ecp521": "ecdh_secp521r1_ecpoint"}
+
+
+@functools.cache
+def _rfc5903(family: str) -> tuple[VectorCase, ...]:
+    filename = "rfc5903_ecp_groups_ikev2.json"
+    cases = []
+    for c in _rfc_cases(filename):
+        if ke_family_by_group(c["ike_dh_group"]).family != family:
+            continue
+        gi, gr = _hex(c["gix"] + c["giy"]), _hex(c["grx"] + c["gry"])
+        for side, private, public, peer in (("initiator", c["i"], gi, gr), ("responder", c["r"], gr, gi)):
+            cases.append(KeCase(
+                id=f"rfc5903-{family}-{side}", family=family, key_bits=None, source=f"rfc/{filename}",
+                valid=True, private_key=_hex(private), peer_public=peer, public=public,
+                shared=_hex(c["shared_secret"])))
+    return tuple(cases)
+
+
+@functools.cache
+def _rfc7748(family: str) -> tuple[VectorCase, ...]:
+    filename = "rfc7748_x25519_x448.json"
+    label = _XDH_FILES[family]
+    common = dict(family=family, key_bits=None, source=f"rfc/{filename}", valid=True)
+    cases = []
+    for c in _rfc_cases(filename):
+        if c["curve"].lower() != label:
+            continue
+        if c["type"] == "function":
+            number = c["name"].rsplit(" ", 1)[-1]
+            cases.append(KeCase(id=f"rfc7748-{label}-function{number}", private_key=_hex(c["scalar"]),
+                                peer_public=_hex(c["u"]), shared=_hex(c["output_u"]), **common))
+        elif c["type"] == "iterated" and c["iterations"] == 1:   # one step: X(base, base)
+            base = _hex(c["initial_k_and_u"])
+            cases.append(KeCase(id=f"rfc7748-{label}-iterated1", private_key=base, peer_public=base,
+                                shared=_hex(c["result_k"]), **common))
+        elif c["type"] == "dh":
+            alice, bob = _hex(c["alice_public"]), _hex(c["bob_public"])
+            for side, private, public, peer in (("alice", c["alice_private"], alice, bob),
+                                                ("bob", c["bob_private"], bob, alice)):
+                cases.append(KeCase(id=f"rfc7748-{label}-{side}", private_key=_hex(private),
+                                    peer_public=peer, public=public,
+                                    shared=_hex(c["shared_secret"]), **common))
+    return tuple(cases)
+
+
+@functools.cache
+def _wycheproof_ke(family: str) -> tuple[VectorCase, ...]:
+    """Wycheproof ECDH / XDH cases, read for IKE as the module docstring says."""
+    spec = KE_FAMILIES[family]
+    ecdh = family in _ECDH_FILES
+    name = _ECDH_FILES[family] if ecdh else _XDH_FILES[family]
+    cases = []
+    for group in load_vector_file(f"wycheproof/{name}_test.json")["testGroups"]:
+        for t in group["tests"]:
+            private, public = _hex(t["private"]), _hex(t["public"])
+            if ecdh:
+                private = int.from_bytes(private, "big").to_bytes(spec.private_bytes, "big")
+                if len(public) == spec.public_bytes + 1 and public[0] == 4:
+                    public = public[1:]                           # X9.62 uncompressed -> x || y
+                valid = t["result"] == "valid"                    # "acceptable": compressed
+            else:
+                valid = t["result"] == "valid" or (
+                    t["result"] == "acceptable" and "ZeroSharedSecret" not in t["flags"])
+            cases.append(KeCase(
+                id=f"wycheproof-{name}-tc{t['tcId']}", family=family, key_bits=None,
+                source=f"wycheproof/{name}_test.json", valid=valid, private_key=private,
+                peer_public=public, shared=_hex(t["shared"]) if valid else b""))
+    return tuple(cases)
+
+
+@functools.cache
+def _modp_derived(family: str) -> tuple[VectorCase, ...]:
+    filename = "modp_rfc3526_ikev2.json"
+    cases = []
+    for c in load_vector_file(f"derived/{filename}")["cases"]:
+        if c["family"] != family:
+            continue
+        number = c["name"].rsplit(" ", 1)[-1]
+        a, b = _hex(c["public_a"]), _hex(c["public_b"])
+        for side, private, public, peer in (("a", c["private_a"], a, b), ("b", c["private_b"], b, a)):
+            cases.append(KeCase(
+                id=f"derived-{family}-case{number}-{side}", family=family, key_bits=None,
+                source=f"derived/{filename}", valid=True, private_key=_hex(private),
+                peer_public=peer, public=public, shared=_hex(c["shared_secret"])))
+    return tuple(cases)
+
+
+@functools.cache
+def _peer_checks(family: str) -> tuple[VectorCase, ...]:
+    """Peer values `family` must refuse, around the private key of its first valid case."""
+    spec = KE_FAMILIES[family]
+    n = spec.public_bytes
+    if spec.kind is KeKind.MODP:
+        base, p, rule = _modp_derived(family)[0], MODP_PRIMES[family], "rfc6989"
+        bad = {"zero": bytes(n), "one": (1).to_bytes(n, "big"), "p-1": (p - 1).to_bytes(n, "big"),
+               "p": p.to_bytes(n, "big"), "all-ones": b"\xff" * n}
+    elif spec.kind is KeKind.ECP:
+        base, p, rule = _rfc5903(family)[0], ECP_FIELD_PRIMES[family], "rfc6989"
+        size = n // 2
+        x, y = (int.from_bytes(base.peer_public[i:i + size], "big") for i in (0, size))
+        point = lambda x, y: x.to_bytes(size, "big") + y.to_bytes(size, "big")  # noqa: E731
+        bad = {"off-curve": point(x, (y + 1) % p), "infinity": bytes(n), "x-is-p": point(p, y),
+               "prefixed-04": b"\x04" + base.peer_public}
+        if (x + p).bit_length() <= 8 * size:          # P-521: a 66-byte field has room for x + p
+            bad["x-plus-p"] = point(x + p, y)
+            bad["y-plus-p"] = point(x, y + p)
+    else:
+        base, rule = _rfc7748(family)[0], "rfc8031"
+        bad = {"zero": bytes(n), "one": (1).to_bytes(n, "little")}
+    bad |= {"short": base.peer_public[:-1], "long": base.peer_public + b"\x00", "empty": b""}
+    return tuple(
+        KeCase(id=f"{rule}-{family}-peer-{what}", family=family, key_bits=None,
+               source=base.source, valid=False, private_key=base.private_key, peer_public=value)
+        for what, value in bad.items())
+
+
+def _ke_builders(family: str) -> tuple[Callable[[], tuple[VectorCase, ...]], ...]:
+    kind = KE_FAMILIES[family].kind
+    if kind is KeKind.MODP:
+        own = (functools.partial(_modp_derived, family),)
+    elif kind is KeKind.ECP:
+        own = (functools.partial(_rfc5903, family), functools.partial(_wycheproof_ke, family))
+    else:
+        own = (functools.partial(_rfc7748, family), functools.partial(_wycheproof_ke, family))
+    return own + (functools.partial(_peer_checks, family),)
+
+
 _BUILDERS: dict[str, tuple[Callable[[], tuple[VectorCase, ...]], ...]] = {
     "aes-gcm": (_mcgrew, lambda: _wycheproof_aead("aes_gcm", "aes-gcm"),
                 _wycheproof_gcm_truncated, _wycheproof_gmac),
@@ -469,6 +707,11 @@ _BUILDERS: dict[str, tuple[Callable[[], tuple[VectorCase, ...]], ...]] = {
     "aes-xcbc": (_rfc3566, lambda: _ike_prf("rfc4434", "aes-xcbc")),
     "aes-cmac": (_rfc4494, lambda: _ike_prf("rfc4615", "aes-cmac"),
                  lambda: _wycheproof_mac("aes_cmac", "aes-cmac")),
+    "prf-hmac-sha1": (_prf_sha1,),
+    **{f"prf-hmac-sha{b}": (functools.partial(_prf_rfc4868, b),) for b in _SHA2},
+    "prf-aes128-xcbc": (functools.partial(_prf_aes, "rfc4434"),),
+    "prf-aes128-cmac": (functools.partial(_prf_aes, "rfc4615"),),
+    **{family: _ke_builders(family) for family in KE_FAMILIES},
 }
 
 
@@ -560,6 +803,19 @@ def _quick_cases(family: str, key_bits: int | None) -> tuple[VectorCase, ...]:
         full = [c for c in cmac if c.key_bits == key_bits and len(c.tag) == 16]
         for size_ok in (lambda n: n == 0, lambda n: n and n % 16 == 0, lambda n: n % 16):
             picks.append(_smallest(full, key=lambda c: size_ok(len(c.message))))
+    elif family == "prf-hmac-sha1":
+        by_key = {len(c.key): c for c in reversed(_prf_sha1())}  # first case of each key size
+        picks = [by_key[20], by_key[65]]   # a hash-sized key, and one hashed first
+    elif family.startswith("prf-hmac-sha"):
+        by_id = {c.id: c for c in _prf_rfc4868(family.removeprefix("prf-hmac-sha"))}
+        bits = family.removeprefix("prf-hmac-sha")
+        picks = [by_id[f"rfc4868-prf1-prfsha{bits}"], by_id[f"rfc4868-prf6-prfsha{bits}"]]
+    elif family in ("prf-aes128-xcbc", "prf-aes128-cmac"):
+        picks = list(_prf_aes("rfc4434" if family == "prf-aes128-xcbc" else "rfc4615"))
+    elif family in KE_FAMILIES:
+        # one known answer (public value and shared secret), one peer value to refuse
+        valid = {"modp": _modp_derived, "ecp": _rfc5903, "montgomery": _rfc7748}
+        picks = [valid[KE_FAMILIES[family].kind.value](family)[0], _peer_checks(family)[0]]
     return tuple(p for p in picks if p is not None)
 
 
@@ -702,5 +958,5 @@ def cases_from_vectors(vectors: Sequence[Any], *, family: str, kind: str,
     return tuple(out)
 
 
-__all__ = ["AeadCase", "CipherCase", "MacCase", "Result", "VectorCase", "cases_from_vectors",
-           "iter_cases", "load_vector_file", "offers", "quick_check", "run_all", "MAC_DIGEST_BYTES"]
+__all__ = ["AeadCase", "CipherCase", "KeCase", "MacCase", "PrfCase", "Result", "VectorCase",
+           "cases_from_vectors", "iter_cases", "load_vector_file", "offers", "quick_check", "run_all", "MAC_DIGEST_BYTES"]

@@ -150,6 +150,81 @@ GMAC_SALT_BYTES = 4
 GMAC_IV_BYTES = 8
 
 
+# -- IKE: pseudo-random functions and key exchange methods -------------------------------------
+@dataclass(frozen=True, slots=True)
+class PrfInfo:
+    """An IKEv2 PRF (Transform Type 2).  `family` is the registry's; `mac` the MAC family that
+    computes it; `key_rule` None (HMAC: any key length), "rfc4434" (AES-XCBC-PRF-128: short keys
+    zero-padded, long ones MACed under 0^128) or "rfc4615" (AES-CMAC-PRF-128: any key that is not
+    16 bytes MACed under 0^128)."""
+
+    id: PrfId
+    family: str
+    mac: str
+    output_bytes: int
+    key_rule: str | None
+    source: str
+
+
+PRF_INFO: dict[PrfId, PrfInfo] = {
+    p.id: p
+    for p in (
+        PrfInfo(PrfId.PRF_HMAC_SHA1, "prf-hmac-sha1", "hmac-sha1", 20, None, "RFC 2104, RFC 7296"),
+        PrfInfo(PrfId.PRF_AES128_XCBC, "prf-aes128-xcbc", "aes-xcbc", 16, "rfc4434", "RFC 4434"),
+        PrfInfo(PrfId.PRF_HMAC_SHA2_256, "prf-hmac-sha256", "hmac-sha256", 32, None, "RFC 4868 2.1.2"),
+        PrfInfo(PrfId.PRF_HMAC_SHA2_384, "prf-hmac-sha384", "hmac-sha384", 48, None, "RFC 4868 2.1.2"),
+        PrfInfo(PrfId.PRF_HMAC_SHA2_512, "prf-hmac-sha512", "hmac-sha512", 64, None, "RFC 4868 2.1.2"),
+        PrfInfo(PrfId.PRF_AES128_CMAC, "prf-aes128-cmac", "aes-cmac", 16, "rfc4615", "RFC 4615"),
+    )
+}
+
+
+class KeKind(str, enum.Enum):
+    MODP = "modp"               # finite-field Diffie-Hellman over a safe prime (RFC 3526)
+    ECP = "ecp"                 # ECDH on a NIST prime curve (RFC 5903)
+    MONTGOMERY = "montgomery"   # X25519 / X448 (RFC 7748, RFC 8031)
+
+
+@dataclass(frozen=True, slots=True)
+class KeInfo:
+    """An IKEv2 key exchange method (Transform Type 4).  `family` is the registry's and
+    strongSwan's keyword; sizes are bytes: the KE payload's key exchange data, the shared secret
+    g^ir, and a fixed private key (big-endian for MODP, which also takes shorter ones, and ECP;
+    the raw RFC 7748 scalar for X25519/X448)."""
+
+    id: KeId
+    family: str
+    kind: KeKind
+    public_bytes: int
+    secret_bytes: int
+    private_bytes: int
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.family
+
+    @property
+    def group(self) -> int:
+        """The IANA number, as the KE payload's "DH Group Num" carries it."""
+        return int(self.id)
+
+
+KE_INFO: dict[KeId, KeInfo] = {
+    k.id: k
+    for k in (
+        KeInfo(KeId.MODP_2048, "modp2048", KeKind.MODP, 256, 256, 256, "RFC 3526 section 3"),
+        KeInfo(KeId.MODP_3072, "modp3072", KeKind.MODP, 384, 384, 384, "RFC 3526 section 4"),
+        KeInfo(KeId.MODP_4096, "modp4096", KeKind.MODP, 512, 512, 512, "RFC 3526 section 5"),
+        KeInfo(KeId.ECP_256, "ecp256", KeKind.ECP, 64, 32, 32, "RFC 5903 section 3.1"),
+        KeInfo(KeId.ECP_384, "ecp384", KeKind.ECP, 96, 48, 48, "RFC 5903 section 3.2"),
+        KeInfo(KeId.ECP_521, "ecp521", KeKind.ECP, 132, 66, 66, "RFC 5903 section 3.3"),
+        KeInfo(KeId.CURVE25519, "curve25519", KeKind.MONTGOMERY, 32, 32, 32, "RFC 7748, RFC 8031"),
+        KeInfo(KeId.CURVE448, "curve448", KeKind.MONTGOMERY, 56, 56, 56, "RFC 7748, RFC 8031"),
+    )
+}
+
+
 # -- transforms added by plugins ---------------------------------------------------------------
 #: Transform ids 1024..65535 are for private use (RFC 7296 3.3.2); below that, IANA assigns them.
 PRIVATE_USE_MIN = 1024

@@ -1,5 +1,5 @@
 """The `aesni` backend: every primitive on the `cryptography` package (OpenSSL; AES-NI/VAES and
-CLMUL when the CPU has them).
+CLMUL when the CPU has them), key exchange included (`.kex`).
 
 Owns: binding keys to OpenSSL contexts once per SA, and mapping `InvalidTag` to
 `AuthenticationError`.
@@ -27,6 +27,8 @@ from hmac import compare_digest
 from ipsec_core import hookimpl
 from ipsec_core.crypto.base import Backend, standard_features
 from ipsec_core.errors import AuthenticationError
+
+from . import kex
 
 _AEAD_TAGS = (8, 12, 16)
 
@@ -244,6 +246,12 @@ class AesniBackend(Backend):
         if family == "aes-xcbc":
             return _Xcbc(c, key)
         return super().mac(family, key)
+
+    def key_exchange(self, family: str, *, private_key: bytes | None = None):
+        """MODP (dh), ECDH and X25519/X448 on OpenSSL: see `.kex`."""
+        if family not in kex.FAMILIES:
+            return super().key_exchange(family, private_key=private_key)
+        return kex.key_exchange(family, private_key=private_key)
 
 
 @hookimpl

@@ -1,4 +1,5 @@
-"""The `cryptodome` backend: every primitive on `pycryptodome` (package `Crypto`).
+"""The `cryptodome` backend: every primitive on `pycryptodome` (package `Crypto`), and the
+elliptic-curve key exchanges (`.kex`; pycryptodome has no MODP Diffie-Hellman).
 
 Owns: driving pycryptodome's cipher objects and mapping its "MAC check failed" `ValueError` to
 `AuthenticationError`.
@@ -21,7 +22,7 @@ from ipsec_core import hookimpl
 from ipsec_core.crypto.base import Backend, standard_features
 from ipsec_core.errors import AuthenticationError
 
-from . import _fast
+from . import _fast, kex
 
 _AEAD_TAGS = (8, 12, 16)
 
@@ -220,7 +221,8 @@ class CryptodomeBackend(Backend):
         return None
 
     def features(self):
-        return standard_features()
+        # no MODP: pycryptodome has no finite-field Diffie-Hellman (see `.kex`)
+        return standard_features(modp=False)
 
     def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int):
         if family in ("aes-gcm", "aes-ccm"):
@@ -283,6 +285,12 @@ class CryptodomeBackend(Backend):
 
             return _fast.ChainedXcbc(AES, key) if self.fast else _Xcbc(AES, key)
         return super().mac(family, key)
+
+    def key_exchange(self, family: str, *, private_key: bytes | None = None):
+        """ECDH and X25519/X448 on pycryptodome: see `.kex` (no MODP groups)."""
+        if family not in kex.FAMILIES:
+            return super().key_exchange(family, private_key=private_key)
+        return kex.key_exchange(family, private_key=private_key)
 
 
 @hookimpl

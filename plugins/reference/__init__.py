@@ -7,15 +7,17 @@ functions under HMAC.  Table-driven AES and GHASH are not constant-time: do not 
 where an attacker can time the host.
 
 Modules: `aes` (AES block cipher, aes-cbc, aes-ctr), `gcm` (aes-gcm), `ccm` (aes-ccm),
-`chacha` (chacha20-poly1305), `macs` (hmac-*, aes-xcbc, aes-cmac).  Every object returned by
+`chacha` (chacha20-poly1305), `macs` (hmac-*, aes-xcbc, aes-cmac), `kex` (MODP, ECP, X25519 and
+X448 key exchange, RFC 3526 / 5903 / 7748).  The IKE PRFs are the core's adapter over `macs`.  Every object returned by
 `aead`, `cipher` or `mac` is bound to its key (key schedule and tables computed once) and is
 reused for any number of packets.
 """
 from __future__ import annotations
 
 from ipsec_core import hookimpl
-from ipsec_core.crypto.base import Aead, Backend, Cipher, Mac, standard_features
+from ipsec_core.crypto.base import Aead, Backend, Cipher, KeyExchange, Mac, standard_features
 
+from . import kex
 from .aes import AES, AesCbc, AesCtr
 from .ccm import AesCcm
 from .chacha import ChaCha20Poly1305
@@ -65,6 +67,11 @@ class ReferenceBackend(Backend):
         if make is None:
             return super().mac(family, key)
         return make(key)
+
+    def key_exchange(self, family: str, *, private_key: bytes | None = None) -> KeyExchange:
+        if family not in kex.FAMILIES:
+            return super().key_exchange(family, private_key=private_key)
+        return kex.key_exchange(family, private_key=private_key)
 
 
 @hookimpl

@@ -574,8 +574,11 @@ def test_mac_key_sizes():
 
 def test_backend_features_and_dispatch():
     feats = {f.family: f for f in B.features()}
+    ike = {"prf-hmac-sha1", "prf-hmac-sha256", "prf-hmac-sha384", "prf-hmac-sha512",
+           "prf-aes128-xcbc", "prf-aes128-cmac", "modp2048", "modp3072", "modp4096", "ecp256",
+           "ecp384", "ecp521", "curve25519", "curve448"}
     assert set(feats) == {"aes-gcm", "aes-ccm", "chacha20-poly1305", "aes-cbc", "aes-ctr", "hmac-sha1",
-                          "hmac-sha256", "hmac-sha384", "hmac-sha512", "aes-xcbc", "aes-cmac"}
+                          "hmac-sha256", "hmac-sha384", "hmac-sha512", "aes-xcbc", "aes-cmac"} | ike
     assert feats["chacha20-poly1305"].key_bits == (256,)
     assert feats["aes-xcbc"].key_bits == (128,)
     assert feats["hmac-sha256"].key_bits == ()
@@ -586,8 +589,12 @@ def test_backend_features_and_dispatch():
             assert isinstance(obj, Aead)
         elif f.kind is FeatureKind.CIPHER:
             assert isinstance(B.cipher(f.family, bytes(16)), Cipher)
-        else:
+        elif f.kind is FeatureKind.MAC:
             assert isinstance(B.mac(f.family, bytes(16)), Mac)
+        elif f.kind is FeatureKind.PRF:
+            assert len(B.prf(f.family, bytes(16)).prf(b"x")) == B.prf(f.family, bytes(16)).output_bytes
+        else:
+            assert B.key_exchange(f.family).public_bytes
     with pytest.raises(NotImplementedError):
         B.aead("aes-cbc", bytes(16), tag_bytes=16, nonce_bytes=12)
     with pytest.raises(NotImplementedError):
