@@ -2,8 +2,9 @@
 
 Owns: `protect_file` / `unprotect_file` (file in, file out, counts back) and their commands.
 Each run installs the SA afresh (sequence number 1, empty replay window); the SA's clock is the
-capture's: packet k is processed at install time + (timestamp k - first timestamp), so
-lifetimes in seconds follow the capture, not the wall clock.
+capture's: `load_sa` installs it at 0 s, which stands for the first record's timestamp, and
+packet k is processed at `now` = install time + (timestamp k - first timestamp).  Lifetimes in
+seconds follow the capture, not the wall clock, and two runs over one file give the same result.
 Protect applies the SA's `mtu` (`SecurityAssociation.protect_wire`): a packet may become
 several fragment records with its timestamp, or be left out as "too_big".  Unprotect first
 reassembles IPv4/IPv6 fragments (`ipsec_core.dataplane.fragments.Reassembler`, on the capture's clock):
@@ -54,8 +55,13 @@ class PcapCounts:
     linktype: str = ""
 
 
+#: When `load_sa` installs the SA on the capture's clock: the first record's timestamp.
+CAPTURE_START = 0.0
+
+
 def load_sa(config: Path, name: str, *, want: str, backend: str | None = None):
-    """The SA `name` of `config`, installed; a LocalError if its direction is not `want`."""
+    """The SA `name` of `config`, installed at `CAPTURE_START`; a LocalError if its direction
+    is not `want`."""
     from ipsec_core.config import find_sa, load_sa_file
     from ipsec_core.dataplane.sa import SecurityAssociation
 
@@ -69,7 +75,7 @@ def load_sa(config: Path, name: str, *, want: str, backend: str | None = None):
     if backend is not None:
         cfg = dataclasses.replace(cfg, backend=backend)
     try:
-        return SecurityAssociation(cfg)
+        return SecurityAssociation(cfg, now=CAPTURE_START)
     except BackendError as exc:
         raise BackendError(f"{file}: SA {name!r}: {exc}") from None
 

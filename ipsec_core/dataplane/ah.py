@@ -104,7 +104,7 @@ class AhEngine:
     # ------------------------------------------------------------------------------------
     # outbound
     # ------------------------------------------------------------------------------------
-    def protect(self, packet: bytes, now: float | None) -> bytes:
+    def protect(self, packet: bytes, now: float) -> bytes:
         sa = self.sa
         seq = sa.next_seq(now)
         if not packet:
@@ -171,7 +171,7 @@ class AhEngine:
     # ------------------------------------------------------------------------------------
     # inbound
     # ------------------------------------------------------------------------------------
-    def unprotect(self, packet: bytes, now: float | None) -> bytes:
+    def unprotect(self, packet: bytes, now: float) -> bytes:
         sa = self.sa
         if not packet:
             raise PacketDropped(DropReason.MALFORMED, "empty packet")
@@ -255,10 +255,10 @@ class AhEngine:
     # ------------------------------------------------------------------------------------
     # batches: the single-packet path in order (AH has no fast path)
     # ------------------------------------------------------------------------------------
-    def protect_batch(self, packets: list[bytes], now: float | None) -> list[bytes]:
+    def protect_batch(self, packets: list[bytes], now: float) -> list[bytes]:
         return protect_each(self.protect, packets, now)
 
-    def unprotect_batch(self, packets: list[bytes], now: float | None) -> list:
+    def unprotect_batch(self, packets: list[bytes], now: float) -> list:
         return unprotect_each(self.unprotect, packets, now)
 
 

@@ -32,13 +32,13 @@ class SaBundle:
         self.direction = ah.direction
         self.name = f"{ah.name}+{esp.name}"
 
-    def protect(self, packet: bytes, *, now: float | None = None) -> bytes:
+    def protect(self, packet: bytes, *, now: float) -> bytes:
         """ESP, then AH around it.  AH's lifetime is checked first, so a packet AH would refuse
         does not use an ESP sequence number."""
         self.ah.check_lifetime(now)
         return self.ah.protect(self.esp.protect(packet, now=now), now=now)
 
-    def unprotect(self, packet: bytes, *, now: float | None = None) -> bytes:
+    def unprotect(self, packet: bytes, *, now: float) -> bytes:
         """AH checked and removed, then ESP.  PacketDropped from either SA (counted there)."""
         return self.esp.unprotect(self.ah.unprotect(packet, now=now), now=now)
 

@@ -14,13 +14,12 @@ Owns:
 - `fragment_ipv4` / `fragment_ipv6`: cut a packet to an MTU (IPv4: options without the copy
   flag only in the first fragment; IPv6: a fragment header after the per-fragment headers).
 - `icmp_frag_needed` / `icmpv6_packet_too_big`: the PMTU answers (RFC 1191, RFC 8201).
-Must not: do I/O or read a clock, except `time.monotonic()` when a caller passes no `now`.
+Must not: do I/O or read a clock: `now` (seconds on any monotonic clock) is a required argument.
 Every drop has a `DropReason` and is counted in `Reassembler.stats`.
 """
 from __future__ import annotations
 
 import bisect
-import time
 from collections import Counter, OrderedDict
 
 from ipsec_core.errors import DropReason, LocalError, PacketDropped
@@ -97,9 +96,8 @@ class Reassembler:
         return len(self._queues[4]) + len(self._queues[6])
 
     # -- housekeeping ------------------------------------------------------------------------
-    def expire(self, now: float | None = None) -> int:
+    def expire(self, now: float) -> int:
         """Drop every datagram whose reassembly time is over; returns how many were dropped."""
-        now = time.monotonic() if now is None else now
         dropped = 0
         for queue in self._queues.values():
             while queue:
@@ -151,8 +149,7 @@ class Reassembler:
         return self._drop(DropReason.FRAG_OVERLAP, detail)
 
     # -- the entry point ---------------------------------------------------------------------
-    def push(self, packet: bytes, *, now: float | None = None) -> bytes | None:
-        now = time.monotonic() if now is None else now
+    def push(self, packet: bytes, *, now: float) -> bytes | None:
         self.expire(now)
         if not packet:
             raise self._drop(DropReason.MALFORMED, "empty packet")

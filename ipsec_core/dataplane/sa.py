@@ -3,16 +3,18 @@
 Owns: `SaConfig` (what a file or IKE hands over, validated), `SecurityAssociation` (sequence
 numbers, replay window, lifetimes, counters, and the bound ESP or AH engine), the rules that make a
 config usable (key lengths, addresses, ports), and what an SA does with a packet that exceeds its
-`mtu` once protected (`protect_wire`: fragment it, or answer with ICMP "too big").
-Must not: do I/O.  Time only arrives as `now` (seconds on any monotonic clock); when a caller
-passes none, `time.monotonic()` is read, which is not I/O.
+`mtu` once protected (`protect_wire`: fragment it, or answer with ICMP "too big"), and the
+inbound check of every decrypted packet against the SA's own traffic selectors (RFC 4301 5.2
+step 4), when the config carries them.
+Must not: do I/O or read a clock.  Time only arrives as `now` (seconds on any monotonic clock),
+a required argument of every method that needs it: the caller (a driver, the CLI, a test) owns
+the clock.
 """
 from __future__ import annotations
 
 import enum
 import ipaddress
 import secrets
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -20,6 +22,7 @@ from ipsec_core.errors import (ConfigError, DropReason, LifetimeExpired, LocalEr
                                PacketTooBig, SequenceOverflow)
 from ipsec_core.transforms.keywords import AhProposal, EspProposal
 from ipsec_core.dataplane.replay import DEFAULT_REPLAY_WINDOW_BITS, MAX_REPLAY_WINDOW_BITS, ReplayWindow
+from ipsec_core.dataplane.spd import TrafficSelectors
 from ipsec_core.transforms.iana import CipherKind, IntegId
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -77,7 +80,10 @@ class Lifetime:
 class SaConfig:
     """Everything needed to install one SA.  `enc_key` is the key followed by the salt/nonce
     (4 bytes for GCM, GMAC, ChaCha20-Poly1305 and CTR, 3 for CCM), as strongSwan, Wireshark and
-    scapy write it.  For `out`, `local` is the outer source; for `in`, the outer destination."""
+    scapy write it.  For `out`, `local` is the outer source; for `in`, the outer destination.
+    `selectors`: the traffic selectors the SA was negotiated for (IKE installs a CHILD SA's
+    TSi/TSr here); an inbound SA drops a decrypted packet outside them (reason "policy").
+    None: no check, as for a manually keyed SA whose policy lives in an `Spd`."""
 
     name: str
     spi: int
@@ -98,6 +104,7 @@ class SaConfig:
     tfc_padding: int | str = 0          # ESP tunnel mode: pad the inner packet to this many bytes, or "mtu"
     mtu: int | None = None              # largest protected packet on the wire; None: no limit
     df_bit: DfBit = DfBit.COPY
+    selectors: TrafficSelectors | None = None
 
     @property
     def esn(self) -> bool:
@@ -169,6 +176,8 @@ class SaConfig:
             out.append(("tfc_padding", f'must be bytes 0..65535 or "mtu", not {tfc!r}'))
         if not isinstance(self.df_bit, DfBit):
             out.append(("df_bit", f"{self.df_bit!r}: expected 'copy', 'set' or 'clear'"))
+        if self.selectors is not None and not isinstance(self.selectors, TrafficSelectors):
+            out.append(("selectors", f"expected TrafficSelectors or None, not {type(self.selectors).__name__}"))
         return out
 
     def _ah_problems(self) -> list[tuple[str, str]]:
@@ -206,7 +215,7 @@ class SecurityAssociation:
     """One installed SA.  `protect` (direction out) and `unprotect` (direction in) are the data
     plane; both are plain method calls on objects bound here, at install time."""
 
-    def __init__(self, config: SaConfig, *, registry=None, now: float | None = None):
+    def __init__(self, config: SaConfig, *, registry=None, now: float):
         problems = config.problems()
         if problems:
             raise ConfigError("; ".join(f"{k}: {v}" for k, v in problems), key=f"sa {config.name!r}")
@@ -218,7 +227,9 @@ class SecurityAssociation:
         self.direction = config.direction
         self.mode = config.mode
         self.esn = config.esn
-        self.installed_at = time.monotonic() if now is None else now
+        if isinstance(now, bool) or not isinstance(now, (int, float)):
+            raise TypeError(f"SecurityAssociation(now=...) takes seconds as a number, not {now!r}")
+        self.installed_at = float(now)
         self.seq = 0                       # last sequence number sent (outbound)
         self.replay = ReplayWindow(config.replay_window, esn=config.esn)
         self.stats = SaStats()
@@ -232,15 +243,19 @@ class SecurityAssociation:
             self.engine = EspEngine(self, registry or get_registry())
         self._has_lifetime = any(v is not None for lt in (config.soft, config.hard)
                                  for v in (lt.bytes, lt.packets, lt.seconds))
+        # RFC 4301 5.2 step 4, after the engine: the packet was authentic, so it has moved the
+        # replay window and counts as processed (lifetimes measure what the key handled) in
+        # every path alike, one by one or in batches; its drop counts as "policy".
+        self._inbound_selectors = config.selectors if config.direction == Direction.IN else None
 
     # -- lifetimes --------------------------------------------------------------------------
-    def check_lifetime(self, now: float | None) -> None:
+    def check_lifetime(self, now: float) -> None:
         """Raise LifetimeExpired once a hard limit is reached; note the first soft limit reached."""
         if self.hard_expired:
             raise LifetimeExpired(f"SA {self.name}: hard lifetime reached ({self.hard_expired})")
         if not self._has_lifetime:
             return
-        age = (time.monotonic() if now is None else now) - self.installed_at
+        age = now - self.installed_at
         usage = dict(octets=self.stats.bytes, packets=self.stats.packets, age=age)
         hard = self.config.hard.reached(**usage)
         if hard:
@@ -249,7 +264,7 @@ class SecurityAssociation:
         if self.soft_expired is None:
             self.soft_expired = self.config.soft.reached(**usage)
 
-    def lifetime_event_due(self, now: float | None) -> bool:
+    def lifetime_event_due(self, now: float) -> bool:
         """Whether `check_lifetime(now)` would raise or note a soft limit; False means it would
         change nothing.  Side-effect free: batch paths ask it instead of checking up front, since
         one-by-one processing only reaches the check for packets that get that far."""
@@ -257,12 +272,12 @@ class SecurityAssociation:
             return True
         if not self._has_lifetime:
             return False
-        age = (time.monotonic() if now is None else now) - self.installed_at
+        age = now - self.installed_at
         usage = dict(octets=self.stats.bytes, packets=self.stats.packets, age=age)
         return bool(self.config.hard.reached(**usage)) or (
             self.soft_expired is None and bool(self.config.soft.reached(**usage)))
 
-    def next_seq(self, now: float | None) -> int:
+    def next_seq(self, now: float) -> int:
         """The sequence number the next outbound packet gets, after the lifetime check; raises
         SequenceOverflow rather than wrap (RFC 4303 3.3.3).  Changes nothing: the engine stores
         it in `seq` once the packet is built."""
@@ -272,27 +287,32 @@ class SecurityAssociation:
             raise SequenceOverflow(f"SA {self.name}: sequence number space exhausted; rekey the SA")
         return seq
 
-    def note_soft_limit(self, now: float | None) -> None:
+    def note_soft_limit(self, now: float) -> None:
         """Called after a packet is counted: note a soft limit as soon as that packet reaches it,
         so a rekey can start now rather than when (if ever) the next packet comes."""
         if self.soft_expired is None and self._has_lifetime:
-            age = (time.monotonic() if now is None else now) - self.installed_at
+            age = now - self.installed_at
             self.soft_expired = self.config.soft.reached(octets=self.stats.bytes,
                                                          packets=self.stats.packets, age=age)
 
     # -- data plane -------------------------------------------------------------------------
-    def protect(self, packet: bytes, *, now: float | None = None) -> bytes:
+    def protect(self, packet: bytes, *, now: float) -> bytes:
         """Encapsulate one IP packet; returns the outer IP packet (IP [UDP] ESP)."""
         return self.engine.protect(packet, now)
 
-    def unprotect(self, packet: bytes, *, now: float | None = None) -> bytes:
+    def unprotect(self, packet: bytes, *, now: float) -> bytes:
         """Decapsulate one IP packet (IP [UDP] ESP); returns the inner IP packet.
 
         Raises PacketDropped(reason); the reason is also counted in `stats.drops`.  A dropped
-        packet changes nothing else in the SA.
+        packet changes nothing else in the SA, except one dropped because it is outside the
+        SA's `selectors` (reason "policy"): it was authentic, so it has advanced the replay
+        window and counts in `stats.packets` / `stats.bytes`.
         """
         try:
-            return self.engine.unprotect(packet, now)
+            inner = self.engine.unprotect(packet, now)
+            if self._inbound_selectors is not None:
+                self._inbound_selectors.check_inbound(inner, self.name)
+            return inner
         except PacketDropped as drop:
             self.stats.drops[drop.reason.value] += 1
             raise
@@ -300,7 +320,7 @@ class SecurityAssociation:
             self.stats.drops[DropReason.SA_EXPIRED.value] += 1
             raise PacketDropped(DropReason.SA_EXPIRED, str(exc)) from None
 
-    def protect_wire(self, packet: bytes, *, now: float | None = None) -> list[bytes]:
+    def protect_wire(self, packet: bytes, *, now: float) -> list[bytes]:
         """Protect one packet and apply the SA's `mtu`: the packets for the wire (one, or the
         fragments of one).  `protect` itself ignores `mtu`; `df_bit` rules the outer header of
         tunnel mode only (transport mode keeps the packet's own DF).
@@ -358,7 +378,7 @@ class SecurityAssociation:
             fits += 1
         return max(fits, 0)
 
-    def dummy(self, size: int | None = None, *, now: float | None = None) -> bytes:
+    def dummy(self, size: int | None = None, *, now: float) -> bytes:
         """A dummy ESP packet (next header 59, RFC 4303 2.6) of `size` random payload bytes (by
         default the TFC padding size, else 0), with the next sequence number.  The peer drops
         it silently (counted as "dummy").  ESP only; transport mode needs `tunnel` addresses."""
@@ -366,23 +386,37 @@ class SecurityAssociation:
             raise LocalError(f"SA {self.name}: dummy packets are an ESP feature (RFC 4303 2.6)")
         return self.engine.dummy(size, now)
 
-    def protect_batch(self, packets: list[bytes], *, now: float | None = None) -> list[bytes]:
+    def protect_batch(self, packets: list[bytes], *, now: float) -> list[bytes]:
         """Protect many packets of this SA at once.  Sequence numbers, counters and lifetimes
         end exactly as if each packet had gone through `protect`, in order; the engine (and a
         backend with a native batch AEAD) may do the crypto in one call."""
         return self.engine.protect_batch(packets, now)
 
     def unprotect_batch(self, packets: list[bytes], *,
-                        now: float | None = None) -> list[bytes | PacketDropped]:
+                        now: float) -> list[bytes | PacketDropped]:
         """Unprotect many packets: one verdict per packet, the inner packet or the
         `PacketDropped` that says why (also counted in `stats.drops`).  Replay state ends
         exactly as if each packet had gone through `unprotect`, in order."""
         out = self.engine.unprotect_batch(packets, now)
+        if self._inbound_selectors is not None:
+            out = self._check_selectors(out)
         if PacketDropped in map(type, out):            # C-level scan; most batches have none
             drops = self.stats.drops
             for verdict in out:
                 if verdict.__class__ is PacketDropped:
                     drops[verdict.reason.value] += 1
+        return out
+
+    def _check_selectors(self, verdicts: list) -> list:
+        check, name = self._inbound_selectors.check_inbound, self.name
+        out = []
+        for verdict in verdicts:
+            if verdict.__class__ is not PacketDropped:
+                try:
+                    check(verdict, name)
+                except PacketDropped as drop:
+                    verdict = drop
+            out.append(verdict)
         return out
 
     def state(self) -> tuple:

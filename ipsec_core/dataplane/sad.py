@@ -117,7 +117,7 @@ class Sad:
             raise PacketDropped(DropReason.UNKNOWN_SPI, f"no inbound SA for SPI {spi:#010x}{where}")
         return sa
 
-    def unprotect(self, packet: bytes, *, now: float | None = None) -> tuple[SecurityAssociation, bytes]:
+    def unprotect(self, packet: bytes, *, now: float) -> tuple[SecurityAssociation, bytes]:
         """Find the inbound SA of `packet` and unprotect it.  Drops without an SA count in `drops`."""
         try:
             spi, protocol, dst = ipsec_spi_and_destination(packet, self.udp_ports)

@@ -100,7 +100,7 @@ def decapsulate(payload: bytes, nh: int, outer: bytes, outer_version: int) -> by
     return bytes(inner)
 
 
-def protect_each(protect, packets: list[bytes], now: float | None) -> list[bytes]:
+def protect_each(protect, packets: list[bytes], now: float) -> list[bytes]:
     """The single-packet path in order.  An error at packet k leaves the SA as one-by-one
     processing would, and carries the k packets already done in `.partial`."""
     out: list[bytes] = []
@@ -113,7 +113,7 @@ def protect_each(protect, packets: list[bytes], now: float | None) -> list[bytes
     return out
 
 
-def unprotect_each(unprotect, packets: list[bytes], now: float | None) -> list:
+def unprotect_each(unprotect, packets: list[bytes], now: float) -> list:
     """The single-packet path in order: the inner packet or the PacketDropped, per packet."""
     out: list = []
     for packet in packets:

@@ -300,6 +300,29 @@ def test_protect_then_unprotect_with_each_backend(tmp_path):
     assert back.read_bytes() == src.read_bytes()
 
 
+def test_pcap_runs_on_the_capture_clock(tmp_path):
+    """The SA's `now` is the record's timestamp (the SA installed at the first one): a seconds
+    lifetime counts capture time, so the result is the same however fast or often it runs."""
+    sa_file = sa_pair(tmp_path, "aes128gcm16")
+    sa_file.write_text(sa_file.read_text().replace(
+        'direction = "out"', 'direction = "out"\nlifetime = { hard_seconds = 10 }'))
+    header = PcapHeader(linktype=LINKTYPE_RAW, snaplen=65535)
+    # Seconds after the first record: 0, 9.5, 9.999, 10 (hard limit), 3 (a timestamp going back
+    # is still past the limit: the SA stays expired).
+    times = [(1_700_000_000, 0), (1_700_000_009, 500_000), (1_700_000_009, 999_000),
+             (1_700_000_010, 0), (1_700_000_003, 0)]
+    packets = [bytes(p) for p in inner_packets(4)]
+    src = write_records(tmp_path / "timed.pcap", header,
+                        [PcapRecord(sec, usec, pkt) for (sec, usec), pkt in zip(times, packets)])
+    for _ in range(2):
+        out = tmp_path / "protected.pcap"
+        result = invoke("pcap", "protect", "-c", sa_file, "--sa", "out", src, out, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"packets": 5, "protected": 3, "passed": 0,
+                                             "dropped": {"sa_expired": 2}}
+        assert [r.ts_sec for r in read_records(out)[1]] == [t[0] for t in times[:3]]
+
+
 # --------------------------------------------------------------------------------------------
 # errors: one line on stderr, non-zero exit, no traceback
 # --------------------------------------------------------------------------------------------

@@ -258,7 +258,7 @@ def test_gpu_offers_aes_gcm_16_only(gpu, registry):
 def test_gpu_sa_naming_gpu_with_a_short_icv_is_refused(registry):
     cfg = _configs("aes128gcm8", backend="gpu")[0]
     with pytest.raises(BackendError, match="backend 'gpu' does not offer aes-gcm .*8-byte tags"):
-        SecurityAssociation(cfg, registry=registry)
+        SecurityAssociation(cfg, registry=registry, now=0.0)
 
 
 def test_gpu_selftest_claims_no_short_tags(gpu):
@@ -416,19 +416,19 @@ def test_gpu_differential_through_sas(registry, oracle, proposal, kw):
     oracle unprotects them, and gpu unprotect_batch opens the oracle's; one launch per batch."""
     out_cfg, in_cfg = _configs(proposal, backend="gpu", **kw)
     packets = _traffic(random.Random(proposal), 90, v4_only=kw.get("mode") == "transport")
-    ours = SecurityAssociation(out_cfg, registry=registry)
-    theirs = SecurityAssociation(_rebackend(out_cfg, oracle), registry=registry)
+    ours = SecurityAssociation(out_cfg, registry=registry, now=0.0)
+    theirs = SecurityAssociation(_rebackend(out_cfg, oracle), registry=registry, now=0.0)
     theirs.engine.ident = ours.engine.ident
     launcher = ours.engine.aead.engine.launcher
     before = launcher.launch_count
-    wire = ours.protect_batch(packets[:50]) + ours.protect_batch(packets[50:])
+    wire = ours.protect_batch(packets[:50], now=0.0) + ours.protect_batch(packets[50:], now=0.0)
     assert launcher.launch_count == before + 2
-    assert wire == [theirs.protect(p) for p in packets]
+    assert wire == [theirs.protect(p, now=0.0) for p in packets]
     assert ours.state() == theirs.state()
-    assert SecurityAssociation(_rebackend(in_cfg, oracle), registry=registry).unprotect_batch(wire) == packets
-    inbound = SecurityAssociation(in_cfg, registry=registry)
+    assert SecurityAssociation(_rebackend(in_cfg, oracle), registry=registry, now=0.0).unprotect_batch(wire, now=0.0) == packets
+    inbound = SecurityAssociation(in_cfg, registry=registry, now=0.0)
     before = launcher.launch_count
-    assert inbound.unprotect_batch(wire) == packets
+    assert inbound.unprotect_batch(wire, now=0.0) == packets
     assert launcher.launch_count == before + 1
 
 
@@ -451,9 +451,9 @@ def test_gpu_drops_inside_a_batch_per_packet(registry, oracle):
     with their reason; every other packet goes through; verdicts, replay state and counters are
     what one-by-one processing on the oracle gives."""
     out_cfg, in_cfg = _configs("aes128gcm16", backend="gpu", window=64)
-    sender = SecurityAssociation(_rebackend(out_cfg, oracle), registry=registry)
+    sender = SecurityAssociation(_rebackend(out_cfg, oracle), registry=registry, now=0.0)
     rng = random.Random(42)
-    wire = [sender.protect(p) for p in _traffic(rng, 120)]
+    wire = [sender.protect(p, now=0.0) for p in _traffic(rng, 120)]
     stream, expect = [], {}
     for i, w in enumerate(wire):
         stream.append(w)
@@ -466,17 +466,17 @@ def test_gpu_drops_inside_a_batch_per_packet(registry, oracle):
             stream.insert(len(stream) - 1, _forge(w, 60))             # forged ciphertext, first
         elif r < 0.28:
             stream.append(_truncate(w, rng.randrange(20, 60)))        # truncated ESP
-    oracle_in = SecurityAssociation(_rebackend(in_cfg, oracle), registry=registry)
+    oracle_in = SecurityAssociation(_rebackend(in_cfg, oracle), registry=registry, now=0.0)
     singles = []
     for p in stream:
         try:
-            singles.append(oracle_in.unprotect(p))
+            singles.append(oracle_in.unprotect(p, now=0.0))
         except PacketDropped as d:
             singles.append(d.reason)
-    ours = SecurityAssociation(in_cfg, registry=registry)
+    ours = SecurityAssociation(in_cfg, registry=registry, now=0.0)
     launcher = ours.engine.aead.engine.launcher
     before = launcher.launch_count
-    batched = [v.reason if isinstance(v, PacketDropped) else v for v in ours.unprotect_batch(stream)]
+    batched = [v.reason if isinstance(v, PacketDropped) else v for v in ours.unprotect_batch(stream, now=0.0)]
     assert launcher.launch_count == before + 1
     assert batched == singles
     assert ours.state() == oracle_in.state()

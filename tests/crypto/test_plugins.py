@@ -164,8 +164,8 @@ def test_broken_plugins_are_reported_and_skipped_the_rest_works(fake_dist):
     for name in ("reference", "aesni", "cryptodome"):
         assert registry.records[name].available and not registry.records[name].failed
     out_cfg, in_cfg = sa_configs("aes128gcm16", catalog=registry.transforms)
-    out, inb = (SecurityAssociation(c, registry=registry) for c in (out_cfg, in_cfg))
-    assert inb.unprotect(out.protect(udp_packet(100))) == udp_packet(100)
+    out, inb = (SecurityAssociation(c, registry=registry, now=0.0) for c in (out_cfg, in_cfg))
+    assert inb.unprotect(out.protect(udp_packet(100), now=0.0), now=0.0) == udp_packet(100)
 
 
 def test_a_backend_registered_twice_and_a_non_backend_are_problems_not_crashes():
@@ -208,19 +208,19 @@ def test_private_use_aead_transform_is_offered_and_usable(toy):
 
 def test_private_use_aead_transform_carries_traffic_single_and_batch(toy):
     out_cfg, in_cfg = sa_configs("toygcm128", catalog=toy.transforms)
-    out = SecurityAssociation(out_cfg, registry=toy)
-    twin = SecurityAssociation(out_cfg, registry=toy)
+    out = SecurityAssociation(out_cfg, registry=toy, now=0.0)
+    twin = SecurityAssociation(out_cfg, registry=toy, now=0.0)
     twin.engine.ident = out.engine.ident
     assert out.engine.backend_names == "toy"
     assert out.engine._fast_protect is not None      # the plugin AEAD takes the fast path
     packets = [udp_packet(n) for n in (0, 1, 2, 3, 100, 1400)]
-    wire = [out.protect(p) for p in packets]
-    assert twin.protect_batch(packets) == wire
-    inb, inb_batch = (SecurityAssociation(in_cfg, registry=toy) for _ in range(2))
-    assert [inb.unprotect(w) for w in wire] == packets
-    fresh = out.protect(udp_packet(50))
+    wire = [out.protect(p, now=0.0) for p in packets]
+    assert twin.protect_batch(packets, now=0.0) == wire
+    inb, inb_batch = (SecurityAssociation(in_cfg, registry=toy, now=0.0) for _ in range(2))
+    assert [inb.unprotect(w, now=0.0) for w in wire] == packets
+    fresh = out.protect(udp_packet(50), now=0.0)
     forged = fresh[:-1] + bytes([fresh[-1] ^ 1])
-    verdicts = inb_batch.unprotect_batch(wire + [forged, wire[1]])
+    verdicts = inb_batch.unprotect_batch(wire + [forged, wire[1]], now=0.0)
     assert verdicts[:6] == packets
     assert [v.reason.value for v in verdicts[6:]] == ["auth_failed", "replay"]
 
@@ -300,7 +300,7 @@ def test_transform_on_a_builtin_family_added_after_the_backends_is_checked_again
     assert nobody.state == NO_BACKEND and nobody.reason == "no available backend declares nobody-gcm"
     out_cfg, _ = sa_configs("nobody128", catalog=registry.transforms)
     with pytest.raises(BackendError, match="no available backend offers nobody-gcm with 128-bit keys"):
-        SecurityAssociation(out_cfg, registry=registry)
+        SecurityAssociation(out_cfg, registry=registry, now=0.0)
 
 
 def test_plain_int_transform_ids():
@@ -324,7 +324,7 @@ def test_choose_hook_takes_part_in_the_choice_for_unnamed_backends():
     assert registry.select("aes-cbc", 128).name == "aesni"            # no opinion: priority
     assert registry.select("aes-gcm", 128, backend="aesni").name == "aesni"  # named: exactly it
     out_cfg, _ = sa_configs("aes128gcm16", catalog=registry.transforms)
-    assert SecurityAssociation(out_cfg, registry=registry).engine.backend_names == "cryptodome"
+    assert SecurityAssociation(out_cfg, registry=registry, now=0.0).engine.backend_names == "cryptodome"
     with registry.preferring("reference"):                            # asked before the others
         assert registry.select("aes-gcm", 128).name == "reference"
     assert registry.select("aes-gcm", 128).name == "cryptodome"
@@ -343,7 +343,7 @@ def test_preferring_keeps_the_usual_choice_for_what_the_backend_lacks():
     registry = plugin_registry(hmac_only)
     with registry.preferring("stdlib-hmac"):
         out_cfg, _ = sa_configs("aes128-sha256", catalog=registry.transforms)
-        sa = SecurityAssociation(out_cfg, registry=registry)
+        sa = SecurityAssociation(out_cfg, registry=registry, now=0.0)
     assert sa.engine.backend_names == "aesni,stdlib-hmac"
     with pytest.raises(BackendError, match="not installed"):
         with registry.preferring("nosuch"):

@@ -105,7 +105,7 @@ def make_ah(keyword: str, direction: Direction, *, mode: Mode = Mode.TRANSPORT, 
                       local=ipaddress.ip_address(OURS[outer]) if tunnel else None,
                       remote=ipaddress.ip_address(PEER[outer]) if tunnel else None,
                       replay_window=replay_window, **kw)
-    return SecurityAssociation(config, registry=REGISTRY)
+    return SecurityAssociation(config, registry=REGISTRY, now=0.0)
 
 
 def make_ah_pair(keyword: str, **kw):
@@ -113,7 +113,7 @@ def make_ah_pair(keyword: str, **kw):
     out = make_ah(keyword, Direction.OUT, **kw)
     inb_cfg = dataclasses.replace(out.config, name="in", direction=Direction.IN,
                                   local=out.config.remote, remote=out.config.local)
-    return out, SecurityAssociation(inb_cfg, registry=REGISTRY)
+    return out, SecurityAssociation(inb_cfg, registry=REGISTRY, now=0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_scapy_verifies_what_we_protect(keyword, layout, esn, backend):
     for n in range(1, 4):
         seq = start + n
         inner = pair.packet()
-        wire = pair.out.protect(raw(inner))
+        wire = pair.out.protect(raw(inner), now=0.0)
         assert parse(wire)[AH].seq == seq & 0xFFFFFFFF
         tunnel = _outer_header(wire, layout.outer) if layout.mode == Mode.TUNNEL else None
         theirs = pair.scapy(tunnel_header=tunnel)
@@ -282,7 +282,7 @@ def test_we_unprotect_what_scapy_protects(keyword, layout, esn, backend):
     # The inbound SA is the peer's: mirror its tunnel addresses onto the scapy sender.
     pair.inb = SecurityAssociation(dataclasses.replace(
         pair.inb.config, local=ipaddress.ip_address(dst) if layout.mode == Mode.TUNNEL else None,
-        remote=ipaddress.ip_address(src) if layout.mode == Mode.TUNNEL else None), registry=REGISTRY)
+        remote=ipaddress.ip_address(src) if layout.mode == Mode.TUNNEL else None), registry=REGISTRY, now=0.0)
     if esn:
         pair.inb.replay.top, pair.inb.replay.bitmap = ESN_START, 1
     for n in range(1, 4):
@@ -292,7 +292,7 @@ def test_we_unprotect_what_scapy_protects(keyword, layout, esn, backend):
         wire = raw(tx.encrypt(inner))
         if layout.packet == "v6-routing":
             wire = route(wire)
-        got = pair.inb.unprotect(wire)
+        got = pair.inb.unprotect(wire, now=0.0)
         if layout.packet == "v6-routing":
             assert got == route(raw(inner))      # the header as the routers left it
         else:
@@ -310,7 +310,7 @@ def test_lone_destination_options_placement(backend):
         / UDP(sport=1, dport=2) / Raw(b"d" * 9)
     _needs(backend, "sha256")
     out, inb = make_ah_pair("sha256", outer=6, backend=backend)
-    wire = out.protect(raw(pkt))
+    wire = out.protect(raw(pkt), now=0.0)
     ours = IPv6(wire)
     assert ours.nh == 51 and ours[AH].nh == 60            # IPv6 | AH | dest opts | UDP
     rx = ScapySA(AH, spi=SPI, auth_algo="SHA2-256-128", auth_key=out.config.integ_key)
@@ -320,8 +320,8 @@ def test_lone_destination_options_placement(backend):
     _at(tx, 2)
     theirs = raw(tx.encrypt(pkt))
     assert IPv6(theirs).nh == 60 and IPv6(theirs)[IPv6ExtHdrDestOpt].nh == 51
-    assert inb.unprotect(wire) == raw(pkt)
-    assert inb.unprotect(theirs) == raw(pkt)
+    assert inb.unprotect(wire, now=0.0) == raw(pkt)
+    assert inb.unprotect(theirs, now=0.0) == raw(pkt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,14 +367,14 @@ def test_aesxcbc_by_hand(backend, esn):
     if esn:
         out.seq = 2**32 + 6
         inb.replay.top = 2**32 + 6
-    wire = out.protect(raw(v4_plain()))
+    wire = out.protect(raw(v4_plain()), now=0.0)
     ah = wire[20:44]
     assert ah[1] == 24 // 4 - 2 and len(ah) == 24
     data = _zeroed_v4_header(wire) + ah[:12] + bytes(12) + wire[44:]
     if esn:
         data += (1).to_bytes(4, "big")
     assert ah[12:] == _xcbc(out.config.integ_key, bytes(data))[:12]
-    assert inb.unprotect(wire) == raw(v4_plain())
+    assert inb.unprotect(wire, now=0.0) == raw(v4_plain())
 
 
 @pytest.mark.parametrize("version", [4, 6])
@@ -396,7 +396,7 @@ def test_gmac_by_hand(backend, keyword, esn, version):
     key = out.config.integ_key
     assert len(key) == int(keyword[3:6]) // 8 + 4
     inner = raw(v4_plain())
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     hl = 20 if version == 4 else 40
     ah_len = 36 if version == 4 else 40
     ah = wire[hl:hl + ah_len]
@@ -414,11 +414,11 @@ def test_gmac_by_hand(backend, keyword, esn, version):
     if esn:
         aad += (seq >> 32).to_bytes(4, "big")
     assert AESGCM(key[:-4]).encrypt(key[-4:] + iv, b"", aad) == tag
-    assert inb.unprotect(wire) == inner
-    forged = bytearray(out.protect(inner))
+    assert inb.unprotect(wire, now=0.0) == inner
+    forged = bytearray(out.protect(inner, now=0.0))
     forged[hl + 19] ^= 1                # the IV is covered too (nonce and AAD)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(bytes(forged))
+        inb.unprotect(bytes(forged), now=0.0)
     assert exc.value.reason is DropReason.AUTH_FAILED
 
 
@@ -430,7 +430,7 @@ def test_ipv4_source_route_uses_final_destination():
     pkt = IP(src="192.0.2.10", dst="10.9.9.9", id=5, ttl=30,
              options=[IPOption_LSRR(routers=["10.8.8.8", "198.51.100.20"])]) / UDP() / Raw(b"x")
     out, inb = make_ah_pair("sha256")
-    wire = out.protect(raw(pkt))
+    wire = out.protect(raw(pkt), now=0.0)
     ihl = (wire[0] & 15) * 4
     assert wire[20] == 131 and wire[20 + wire[21]:ihl] == bytes(ihl - 20 - wire[21])  # LSRR, EOL pad
     head = _zeroed_v4_header(wire) + bytes(ihl - 20)           # the LSRR option zeroed whole
@@ -450,7 +450,7 @@ def test_ipv4_source_route_uses_final_destination():
     arrived.options[0].pointer = 12
     arrived.ttl = 28
     del arrived.chksum
-    assert inb.unprotect(raw(arrived))[20 + ihl - 20:] == raw(pkt)[ihl:]
+    assert inb.unprotect(raw(arrived), now=0.0)[20 + ihl - 20:] == raw(pkt)[ihl:]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,7 +466,7 @@ AH_LENGTH = {"sha1": (24, 24), "sha256": (28, 32), "sha384": (36, 40), "sha512":
 def test_header_layout_and_padding(keyword, version):
     out, _ = make_ah_pair(keyword)
     inner = raw(v4_plain() if version == 4 else v6_plain())
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     hl = 20 if version == 4 else 40
     length = AH_LENGTH[keyword][version == 6]
     ah = wire[hl:hl + length]
@@ -515,11 +515,11 @@ def test_mutable_fields_may_change(name, mode):
     version = 4 if name.startswith("v4") else 6
     out, inb = make_ah_pair("sha256", mode=mode, outer=version)
     inner = raw(PACKETS[name]())
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     mangled = (_route_mangle_v4(wire) if version == 4
                else _route_mangle_v6(wire, options=mode == Mode.TRANSPORT))
     assert mangled != wire
-    got = inb.unprotect(mangled)
+    got = inb.unprotect(mangled, now=0.0)
     if mode == Mode.TUNNEL:
         assert got == inner
     else:
@@ -541,7 +541,7 @@ def _flip(wire: bytes, at: int) -> bytes:
 def test_immutable_fields_are_covered(name, where):
     version = 4 if name.startswith("v4") else 6
     out, inb = make_ah_pair("sha256", outer=version)
-    wire = out.protect(raw(PACKETS[name]()))
+    wire = out.protect(raw(PACKETS[name]()), now=0.0)
     before = inb.state()
     forged = _flip(wire, where)
     if version == 4 and where != 10:
@@ -552,7 +552,7 @@ def test_immutable_fields_are_covered(name, where):
         p[10:12] = checksum(bytes(p[:ihl])).to_bytes(2, "big")
         forged = bytes(p)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(forged)
+        inb.unprotect(forged, now=0.0)
     assert exc.value.reason in (DropReason.AUTH_FAILED, DropReason.MALFORMED, DropReason.TRUNCATED)
     after = inb.state()
     assert after[:4] == before[:4], "a dropped packet changes nothing but the drop counter"
@@ -561,25 +561,25 @@ def test_immutable_fields_are_covered(name, where):
 
 def test_replay_checked_before_the_icv_and_updated_after():
     out, inb = make_ah_pair("sha256", replay_window=32)
-    wires = [out.protect(raw(v4_plain())) for _ in range(40)]
-    assert inb.unprotect(wires[5])
+    wires = [out.protect(raw(v4_plain()), now=0.0) for _ in range(40)]
+    assert inb.unprotect(wires[5], now=0.0)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(wires[5])
+        inb.unprotect(wires[5], now=0.0)
     assert exc.value.reason is DropReason.REPLAY
     # A replayed packet with a broken ICV is a replay: the window is checked first.
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(_flip(wires[5], -1))
+        inb.unprotect(_flip(wires[5], -1), now=0.0)
     assert exc.value.reason is DropReason.REPLAY
     # A forged packet far ahead does not move the window.
     forged = bytearray(wires[39])
     forged[-1] ^= 1
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(bytes(forged))
+        inb.unprotect(bytes(forged), now=0.0)
     assert exc.value.reason is DropReason.AUTH_FAILED
     assert inb.replay.top == 6
-    assert inb.unprotect(wires[39])
+    assert inb.unprotect(wires[39], now=0.0)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(wires[1])          # now left of the window
+        inb.unprotect(wires[1], now=0.0)          # now left of the window
     assert exc.value.reason is DropReason.REPLAY
     assert inb.stats.drops == {"replay": 3, "auth_failed": 1}
 
@@ -590,14 +590,14 @@ def test_esn_high_bits_are_in_the_icv():
     out, inb = make_ah_pair("sha256-esn")
     out.seq = 2**32
     inb.replay.top = 2**32
-    wire = out.protect(raw(v4_plain()))
+    wire = out.protect(raw(v4_plain()), now=0.0)
     assert IP(wire)[AH].seq == 1
     plain_cfg = dataclasses.replace(inb.config, proposal=parse_ah("sha256"))
-    plain = SecurityAssociation(plain_cfg, registry=REGISTRY)
+    plain = SecurityAssociation(plain_cfg, registry=REGISTRY, now=0.0)
     with pytest.raises(PacketDropped) as exc:
-        plain.unprotect(wire)
+        plain.unprotect(wire, now=0.0)
     assert exc.value.reason is DropReason.AUTH_FAILED
-    assert inb.unprotect(wire) == raw(v4_plain())
+    assert inb.unprotect(wire, now=0.0) == raw(v4_plain())
     assert inb.replay.top == 2**32 + 1
 
 
@@ -619,9 +619,9 @@ def _with_length(wire: bytes) -> bytes:
 ])
 def test_drops_have_reasons_and_counters(make, reason):
     out, inb = make_ah_pair("sha256")
-    wire = out.protect(raw(v4_plain()))
+    wire = out.protect(raw(v4_plain()), now=0.0)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(make(wire))
+        inb.unprotect(make(wire), now=0.0)
     assert exc.value.reason is reason
     assert inb.stats.drops[reason.value] == 1
 
@@ -630,11 +630,11 @@ def test_fragments_are_refused_both_ways():
     out, inb = make_ah_pair("sha256")
     frag = raw(IP(src="192.0.2.1", dst="192.0.2.2", flags="MF", id=9) / UDP() / Raw(b"x" * 40))
     with pytest.raises(LocalError, match="whole packets"):
-        out.protect(frag)
-    wire = bytearray(out.protect(raw(v4_plain())))
+        out.protect(frag, now=0.0)
+    wire = bytearray(out.protect(raw(v4_plain()), now=0.0))
     wire[6] |= 0x20
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(bytes(wire))
+        inb.unprotect(bytes(wire), now=0.0)
     assert exc.value.reason is DropReason.MALFORMED and "reassemble" in exc.value.detail
 
 
@@ -642,26 +642,26 @@ def test_sequence_overflow_and_lifetime():
     out, _ = make_ah_pair("sha1")
     out.seq = 2**32 - 1
     with pytest.raises(SequenceOverflow):
-        out.protect(raw(v4_plain()))
+        out.protect(raw(v4_plain()), now=0.0)
     out, _ = make_ah_pair("sha1", hard=Lifetime(packets=2))
-    out.protect(raw(v4_plain()))
-    out.protect(raw(v4_plain()))
+    out.protect(raw(v4_plain()), now=0.0)
+    out.protect(raw(v4_plain()), now=0.0)
     with pytest.raises(LifetimeExpired):
-        out.protect(raw(v4_plain()))
+        out.protect(raw(v4_plain()), now=0.0)
 
 
 def test_ecn_decapsulation_in_tunnel_mode():
     """RFC 6040 as for ESP: outer CE onto an ECT inner packet marks it; onto Not-ECT drops."""
     out, inb = make_ah_pair("sha256", mode=Mode.TUNNEL)
     ect = raw(IP(src="192.0.2.1", dst="192.0.2.2", tos=0x02) / UDP() / Raw(b"e"))
-    wire = bytearray(out.protect(ect))
+    wire = bytearray(out.protect(ect, now=0.0))
     wire[1] |= 3                         # a router marks CE on the outer header (mutable field)
-    got = inb.unprotect(bytes(wire))
+    got = inb.unprotect(bytes(wire), now=0.0)
     assert IP(got).tos & 3 == 3 and IP(got).chksum == IP(raw(IP(got))).chksum
-    wire = bytearray(out.protect(raw(IP(src="192.0.2.1", dst="192.0.2.2", tos=0) / UDP())))
+    wire = bytearray(out.protect(raw(IP(src="192.0.2.1", dst="192.0.2.2", tos=0) / UDP()), now=0.0))
     wire[1] |= 3
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(bytes(wire))
+        inb.unprotect(bytes(wire), now=0.0)
     assert exc.value.reason is DropReason.ECN_DROP
 
 
@@ -695,8 +695,8 @@ def test_sa_file_with_ah(tmp_path):
     a, b = load_sa_file(path)
     assert a.protocol == "ah" and a.proposal.keyword == "sha256" and a.integ_key == b"\x11" * 32
     assert b.proposal.keyword == "aes256gmac-esn" and b.esn and len(b.integ_key) == 36
-    assert "sha256" in repr(SecurityAssociation(a, registry=REGISTRY))
-    assert "aes256gmac-esn" in repr(SecurityAssociation(b, registry=REGISTRY))
+    assert "sha256" in repr(SecurityAssociation(a, registry=REGISTRY, now=0.0))
+    assert "aes256gmac-esn" in repr(SecurityAssociation(b, registry=REGISTRY, now=0.0))
 
 
 @pytest.mark.parametrize(("change", "key", "message"), [
@@ -723,9 +723,9 @@ def test_ah_config_errors_name_file_and_key(change, key, message):
 def test_proposal_objects_must_match_the_protocol():
     ah_cfg = make_ah("sha256", Direction.OUT).config
     with pytest.raises(ConfigError, match="is an ESP proposal"):
-        SecurityAssociation(dataclasses.replace(ah_cfg, proposal=parse_esp("aes128gcm16")))
+        SecurityAssociation(dataclasses.replace(ah_cfg, proposal=parse_esp("aes128gcm16")), now=0.0)
     with pytest.raises(ConfigError, match="is an AH proposal"):
-        SecurityAssociation(dataclasses.replace(ah_cfg, protocol="esp"))
+        SecurityAssociation(dataclasses.replace(ah_cfg, protocol="esp"), now=0.0)
 
 
 def test_sad_finds_ah_sas():
@@ -734,9 +734,9 @@ def test_sad_finds_ah_sas():
     esp_cfg = SaConfig(name="esp-in", spi=SPI, direction=Direction.IN, mode=Mode.TRANSPORT,
                        proposal=parse_esp("aes128gcm16"), enc_key=bytes(20))
     sad.add(inb)
-    sad.add(SecurityAssociation(esp_cfg, registry=REGISTRY))       # same SPI, other protocol
+    sad.add(SecurityAssociation(esp_cfg, registry=REGISTRY, now=0.0))       # same SPI, other protocol
     for packet in (v6_plain(), v6_hbh()):
-        sa, inner = sad.unprotect(out.protect(raw(packet)))
+        sa, inner = sad.unprotect(out.protect(raw(packet), now=0.0), now=0.0)
         assert sa is inb and inner == raw(packet)
 
 
@@ -744,8 +744,8 @@ def _bundle(mode: Mode, version: int = 4):
     out_ah, in_ah = make_ah_pair("sha256", mode=mode, outer=version)
     esp = dict(spi=0x0E5B0001, mode=Mode.TRANSPORT, proposal=parse_esp("aes128gcm16"),
                enc_key=_material("bundle-esp", 20))
-    out_esp = SecurityAssociation(SaConfig(name="esp-out", direction=Direction.OUT, **esp), registry=REGISTRY)
-    in_esp = SecurityAssociation(SaConfig(name="esp-in", direction=Direction.IN, **esp), registry=REGISTRY)
+    out_esp = SecurityAssociation(SaConfig(name="esp-out", direction=Direction.OUT, **esp), registry=REGISTRY, now=0.0)
+    in_esp = SecurityAssociation(SaConfig(name="esp-in", direction=Direction.IN, **esp), registry=REGISTRY, now=0.0)
     return SaBundle(out_ah, out_esp), SaBundle(in_ah, in_esp)
 
 
@@ -756,7 +756,7 @@ def test_esp_inside_ah_bundle(mode, version):
     layering, AH's ICV, and decrypts the ESP it uncovers."""
     out, inb = _bundle(mode, version)
     inner = PACKETS["v4" if version == 4 else "v6-hbh"]()
-    wire = out.protect(raw(inner))
+    wire = out.protect(raw(inner), now=0.0)
     p = parse(wire)
     assert p[AH].nh == (50 if mode == Mode.TRANSPORT else (4 if version == 4 else 41))
     tunnel = _outer_header(wire, version) if mode == Mode.TUNNEL else None
@@ -767,14 +767,14 @@ def test_esp_inside_ah_bundle(mode, version):
     assert ESP in without_ah
     esp_rx = ScapySA(ESP, spi=0x0E5B0001, crypt_algo="AES-GCM", crypt_key=out.esp.config.enc_key)
     assert raw(esp_rx.decrypt(parse(raw(without_ah))))[-20:] == raw(inner)[-20:]
-    assert inb.unprotect(wire) == raw(inner)
+    assert inb.unprotect(wire, now=0.0) == raw(inner)
     # Tampering with the IP header is AH's to catch, and only AH counts it.
     forged = _flip(wire, 13 if version == 4 else 9)        # a source address byte
     with pytest.raises(PacketDropped):
-        inb.unprotect(forged)
+        inb.unprotect(forged, now=0.0)
     assert inb.ah.stats.drops and not inb.esp.stats.drops
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(wire)
+        inb.unprotect(wire, now=0.0)
     assert exc.value.reason is DropReason.REPLAY
 
 
@@ -784,7 +784,7 @@ def test_bundle_refuses_wrong_shapes():
         SaBundle(out.esp, out.ah)
     tunnel_esp = SecurityAssociation(dataclasses.replace(
         out.esp.config, mode=Mode.TUNNEL, local=ipaddress.ip_address("192.0.2.1"),
-        remote=ipaddress.ip_address("192.0.2.2")), registry=REGISTRY)
+        remote=ipaddress.ip_address("192.0.2.2")), registry=REGISTRY, now=0.0)
     with pytest.raises(LocalError, match="transport mode"):
         SaBundle(out.ah, tunnel_esp)
 
@@ -793,9 +793,9 @@ def test_batch_equals_one_by_one():
     out1, in1 = make_ah_pair("sha512")
     out2, in2 = make_ah_pair("sha512")
     packets = [raw(v4_plain()), raw(v6_hbh()), raw(v4_options())] * 3
-    ones = [out1.protect(p) for p in packets]
-    assert out2.protect_batch(packets) == ones
-    verdicts = in2.unprotect_batch(ones + ones[:2])
+    ones = [out1.protect(p, now=0.0) for p in packets]
+    assert out2.protect_batch(packets, now=0.0) == ones
+    verdicts = in2.unprotect_batch(ones + ones[:2], now=0.0)
     assert verdicts[:9] == packets
     assert all(isinstance(v, PacketDropped) and v.reason is DropReason.REPLAY for v in verdicts[9:])
     assert in2.stats.drops == {"replay": 2}
@@ -846,7 +846,7 @@ def test_protect_refuses_what_ip_cannot_carry(mode, outer, version):
 
     before, ident = out.state(), getattr(out.engine, "ident", None)
     with pytest.raises(PacketDropped) as exc:
-        out.protect(packet(largest))
+        out.protect(packet(largest), now=0.0)
     assert exc.value.reason is DropReason.TOO_BIG and "65535" in str(exc.value)
     assert out.state() == before and getattr(out.engine, "ident", None) == ident
-    assert len(out.protect(packet(largest - 100))) > largest - 100
+    assert len(out.protect(packet(largest - 100), now=0.0)) > largest - 100

@@ -46,7 +46,7 @@ def traffic(rng: random.Random, n: int) -> list[bytes]:
 
 
 def pair_of(cfg):
-    a, b = SecurityAssociation(cfg), SecurityAssociation(cfg)
+    a, b = SecurityAssociation(cfg, now=0.0), SecurityAssociation(cfg, now=0.0)
     b.engine.ident = a.engine.ident
     return a, b
 
@@ -74,13 +74,13 @@ def test_protect_batch_equals_single(proposal, kw):
     packets = traffic(random.Random(proposal), 300)
     if kw.get("mode") == "transport":
         packets = [p for p in packets if p[0] >> 4 == 4]
-    one = [single.protect(p) for p in packets]
-    many = [q for i in range(0, len(packets), 37) for q in batch.protect_batch(packets[i:i + 37])]
+    one = [single.protect(p, now=0.0) for p in packets]
+    many = [q for i in range(0, len(packets), 37) for q in batch.protect_batch(packets[i:i + 37], now=0.0)]
     if "ctr" in proposal or "gcm" in proposal or "gmac" in proposal or "ccm" in proposal or "chacha" in proposal:
         assert many == one                      # counter modes: IV = sequence number, deterministic
     assert single.state() == batch.state()
-    inbound = SecurityAssociation(in_cfg)
-    assert [inbound.unprotect(q) for q in many] == packets
+    inbound = SecurityAssociation(in_cfg, now=0.0)
+    assert [inbound.unprotect(q, now=0.0) for q in many] == packets
 
 
 def forge(p: bytes, at: int) -> bytes:
@@ -92,10 +92,10 @@ def forge(p: bytes, at: int) -> bytes:
 @pytest.mark.parametrize("proposal,kw", CASES[:7], ids=[c[0] + str(i) for i, c in enumerate(CASES[:7])])
 def test_unprotect_batch_equals_single(proposal, kw):
     out_cfg, in_cfg = configs(proposal, **kw)
-    sender = SecurityAssociation(out_cfg)
+    sender = SecurityAssociation(out_cfg, now=0.0)
     rng = random.Random(99)
     packets = traffic(rng, 200)
-    wire = [sender.protect(p) for p in packets]
+    wire = [sender.protect(p, now=0.0) for p in packets]
     stream = []
     for i, w in enumerate(wire):
         r = rng.random()
@@ -110,25 +110,25 @@ def test_unprotect_batch_equals_single(proposal, kw):
             stream.append(w[: rng.randrange(0, len(w))])      # truncated
     rng.shuffle(stream[50:90])          # some reordering inside the window
     # ECN: outer CE on an ECT inner must set CE inside (RFC 6040) -> generic path
-    ce = bytearray(sender.protect(bytes(IP(src="198.51.100.1", dst="203.0.113.1", tos=0x02) / UDP())))
+    ce = bytearray(sender.protect(bytes(IP(src="198.51.100.1", dst="203.0.113.1", tos=0x02) / UDP()), now=0.0))
     if ce[0] == 0x45:
         ce[1] |= 3
         from ipsec_core.wire.ip import fix_ipv4_header
         hdr = bytearray(ce[:20]); fix_ipv4_header(hdr); ce[:20] = hdr
     stream.append(bytes(ce))
     # TFC padding after the inner packet (RFC 4303 2.7): stripped at the inner IP length
-    stream.append(sender.protect(bytes(IP(src="198.51.100.1", dst="203.0.113.1") / UDP() / b"tfc") + bytes(40)))
-    a, b = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
+    stream.append(sender.protect(bytes(IP(src="198.51.100.1", dst="203.0.113.1") / UDP() / b"tfc") + bytes(40), now=0.0))
+    a, b = SecurityAssociation(in_cfg, now=0.0), SecurityAssociation(in_cfg, now=0.0)
 
     def one(sa, p):
         try:
-            return sa.unprotect(p)
+            return sa.unprotect(p, now=0.0)
         except PacketDropped as d:
             return d.reason
     singles = [one(a, p) for p in stream]
     batched = []
     for i in range(0, len(stream), 64):
-        for v in b.unprotect_batch(stream[i:i + 64]):
+        for v in b.unprotect_batch(stream[i:i + 64], now=0.0):
             batched.append(v.reason if isinstance(v, PacketDropped) else v)
     assert batched == singles
     assert a.state() == b.state()
@@ -142,9 +142,9 @@ def test_lifetime_reached_inside_a_batch_matches_single():
     one = []
     with pytest.raises(Exception) as exc_single:
         for p in packets:
-            one.append(single.protect(p))
+            one.append(single.protect(p, now=0.0))
     with pytest.raises(Exception) as exc_batch:
-        batch.protect_batch(packets)
+        batch.protect_batch(packets, now=0.0)
     assert type(exc_single.value) is type(exc_batch.value)
     assert exc_batch.value.partial == one
     assert single.state() == batch.state() and single.soft_expired
@@ -156,17 +156,17 @@ def test_sequence_overflow_inside_a_batch():
     single.seq = batch.seq = 2**32 - 5
     packets = traffic(random.Random(6), 10)
     with pytest.raises(SequenceOverflow) as exc:
-        batch.protect_batch(packets)
+        batch.protect_batch(packets, now=0.0)
     assert len(exc.value.partial) == 4
-    done = [single.protect(p) for p in packets[:4]]
+    done = [single.protect(p, now=0.0) for p in packets[:4]]
     assert done == exc.value.partial and single.state() == batch.state()
 
 
 def test_fast_path_is_used_where_expected():
-    fast = SecurityAssociation(configs("aes128gcm16")[0])
+    fast = SecurityAssociation(configs("aes128gcm16")[0], now=0.0)
     assert fast.engine._fast_protect is not None and fast.engine._fast_unprotect is not None
     for proposal, kw in [("aes128gcm16-esn", {}), ("aes128-sha256", {}), ("aes128gcm16", {"outer": V6})]:
-        sa = SecurityAssociation(configs(proposal, **kw)[0])
+        sa = SecurityAssociation(configs(proposal, **kw)[0], now=0.0)
         assert sa.engine._fast_protect is None
 
 
@@ -229,25 +229,25 @@ def test_offload_batch_equals_single(batch_registry, proposal, kw):
     out_cfg, in_cfg = configs(proposal, backend="batchy", **kw)
     ref_out, ref_in = (c.__class__(**{**{f: getattr(c, f) for f in c.__dataclass_fields__}, "backend": "aesni"})
                        for c in (out_cfg, in_cfg))
-    single = SecurityAssociation(ref_out)
-    batch = SecurityAssociation(out_cfg, registry=batch_registry)
+    single = SecurityAssociation(ref_out, now=0.0)
+    batch = SecurityAssociation(out_cfg, registry=batch_registry, now=0.0)
     batch.engine.ident = single.engine.ident
     packets = [p for p in traffic(random.Random(3), 120) if kw.get("mode") != "transport" or p[0] >> 4 == 4]
-    one = [single.protect(p) for p in packets]
-    many = batch.protect_batch(packets[:50]) + batch.protect_batch(packets[50:])
+    one = [single.protect(p, now=0.0) for p in packets]
+    many = batch.protect_batch(packets[:50], now=0.0) + batch.protect_batch(packets[50:], now=0.0)
     assert many == one and single.state() == batch.state()
     assert batch.engine.aead.batch_calls == 2 and batch.engine.aead.single_calls == 0
     stream = one[:30] + [one[3], forge(one[31], 40)] + one[30:]       # replay + forgery inside a batch
-    a, b = SecurityAssociation(ref_in), SecurityAssociation(in_cfg, registry=batch_registry)
+    a, b = SecurityAssociation(ref_in, now=0.0), SecurityAssociation(in_cfg, registry=batch_registry, now=0.0)
 
     def verdict(v):
         return v.reason if isinstance(v, PacketDropped) else v
     singles = []
     for p in stream:
         try:
-            singles.append(a.unprotect(p))
+            singles.append(a.unprotect(p, now=0.0))
         except PacketDropped as d:
             singles.append(d.reason)
-    batched = [verdict(v) for v in b.unprotect_batch(stream)]
+    batched = [verdict(v) for v in b.unprotect_batch(stream, now=0.0)]
     assert batched == singles and a.state() == b.state()
     assert b.engine.aead.batch_calls == 1 and b.engine.aead.single_calls == 0

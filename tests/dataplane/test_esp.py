@@ -59,7 +59,7 @@ def _material(label: str, n: int) -> bytes:
 def make_sa(keyword: str, direction: Direction, *, mode: Mode = Mode.TUNNEL, outer: int = 4,
             encap: tuple[int, int] | None = None, backend: str | None = None, spi: int = SPI,
             enc_key: bytes | None = None, integ_key: bytes | None = None, replay_window: int = 64,
-            soft: Lifetime = Lifetime(), hard: Lifetime = Lifetime(), now: float | None = None,
+            soft: Lifetime = Lifetime(), hard: Lifetime = Lifetime(), now: float = 0.0,
             ) -> SecurityAssociation:
     prop = parse_esp(keyword)
     if enc_key is None:
@@ -170,7 +170,7 @@ def test_mcgrew_gcm_known_answer(case, backend):
 
     spi = int(case["spi"], 16)
     sa = _inbound_for(case, keyword=keyword, mode=Mode.TRANSPORT, backend=backend, spi=spi, seq=seq, esn=esn)
-    inner = sa.unprotect(_ipv4(len(esp), 50) + esp)
+    inner = sa.unprotect(_ipv4(len(esp), 50) + esp, now=0.0)
     assert inner == _ipv4(len(payload), next_header) + payload
     assert ip_checksum_ok(inner[:20])
     assert sa.replay.top == seq
@@ -178,7 +178,7 @@ def test_mcgrew_gcm_known_answer(case, backend):
     tunnel = _inbound_for(case, keyword=keyword, mode=Mode.TUNNEL, backend=backend, spi=spi, seq=seq, esn=esn)
     before = without_drops(tunnel.state())
     with pytest.raises(PacketDropped) as exc:
-        tunnel.unprotect(_ipv4(len(esp), 50) + esp)
+        tunnel.unprotect(_ipv4(len(esp), 50) + esp, now=0.0)
     assert exc.value.reason is DropReason.BAD_NEXT_HEADER
     assert without_drops(tunnel.state()) == before
 
@@ -196,7 +196,7 @@ def test_rfc7634_chacha20_poly1305_known_answer(backend):
     sa = make_sa("chacha20poly1305", Direction.IN, backend=backend, spi=int(case["spi"], 16),
                  enc_key=bytes.fromhex(case["keymat"]))
     sa.replay.top = case["sequence_number"] - 1
-    assert sa.unprotect(bytes.fromhex(case["esp_packet"])) == source
+    assert sa.unprotect(bytes.fromhex(case["esp_packet"]), now=0.0) == source
     assert sa.stats.packets == 1 and sa.replay.top == case["sequence_number"]
 
 
@@ -310,7 +310,7 @@ def test_outbound_layout(keyword, esn):
     for n, extra in enumerate(range(block), 1):
         seq = start + n
         inner = inner_v4(extra)
-        wire = out.protect(inner)
+        wire = out.protect(inner, now=0.0)
         esp = esp_of(wire)
         assert esp[:4] == SPI.to_bytes(4, "big")
         assert esp[4:8] == (seq & 0xFFFFFFFF).to_bytes(4, "big")
@@ -337,7 +337,7 @@ def test_outbound_layout(keyword, esn):
 
 def test_cbc_iv_is_random_not_a_counter():
     out = make_sa("aes128-sha256", Direction.OUT)
-    ivs = [esp_of(out.protect(inner_v4(10)))[8:24] for _ in range(32)]
+    ivs = [esp_of(out.protect(inner_v4(10), now=0.0))[8:24] for _ in range(32)]
     assert len(set(ivs)) == 32
     assert all(iv[:8] != bytes(8) for iv in ivs)
 
@@ -353,7 +353,7 @@ def test_tfc_padding_is_removed(version):
     plaintext = body + bytes(range(1, pad + 1)) + bytes((pad, 4 if version == 4 else 41))
     header, iv = SPI.to_bytes(4, "big") + (1).to_bytes(4, "big"), (1).to_bytes(8, "big")
     esp = header + iv + out.engine.aead.encrypt(out.engine.salt + iv, plaintext, header)
-    assert inb.unprotect(raw(IP(src=PEER[4], dst=OURS[4], proto=50) / esp)) == inner
+    assert inb.unprotect(raw(IP(src=PEER[4], dst=OURS[4], proto=50) / esp), now=0.0) == inner
     assert inb.stats.bytes == len(inner)
 
 
@@ -365,7 +365,7 @@ def test_tfc_padding_is_removed(version):
 def test_outer_ipv4_copies_dscp_ecn_df(tos, df):
     out = make_sa("aes128gcm16", Direction.OUT)
     inner = inner_v4(50, tos=tos, df=df)
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     outer = IP(wire)
     assert outer.ttl == 64 and outer.tos == tos and outer.proto == 50
     assert bool(outer.flags.DF) is df and outer.frag == 0 and not outer.flags.MF
@@ -379,14 +379,14 @@ def test_outer_from_ipv6_inner(tc):
     """IPv6 inner: traffic class -> outer DSCP/ECN; DF is not set on an IPv4 outer header (no DF
     to copy), hop limit / TTL constructed as 64."""
     out4 = make_sa("aes128gcm16", Direction.OUT, outer=4)
-    o4 = IP(out4.protect(inner_v6(10, tc=tc)))
+    o4 = IP(out4.protect(inner_v6(10, tc=tc), now=0.0))
     assert o4.tos == tc and not o4.flags.DF and o4.ttl == 64 and o4.proto == 50
     out6 = make_sa("aes128gcm16", Direction.OUT, outer=6)
-    wire = out6.protect(inner_v6(10, tc=tc))
+    wire = out6.protect(inner_v6(10, tc=tc), now=0.0)
     o6 = IPv6(wire)
     assert o6.tc == tc and o6.hlim == 64 and o6.nh == 50 and o6.plen == len(wire) - 40
     assert o6.src == OURS[6] and o6.dst == PEER[6]
-    o6v4 = IPv6(out6.protect(inner_v4(10, tos=tc, df=True)))
+    o6v4 = IPv6(out6.protect(inner_v4(10, tos=tc, df=True), now=0.0))
     assert o6v4.tc == tc and o6v4.hlim == 64
 
 
@@ -421,19 +421,19 @@ def test_rfc6040_decapsulation(inner_ecn, outer_ecn, version):
     out, inb = make_pair("aes128gcm16", outer=version)
     dscp = 0xB8
     inner = inner_v4(20, tos=dscp | inner_ecn) if version == 4 else inner_v6(20, tc=dscp | inner_ecn)
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     assert (wire[1] & 3 if version == 4 else (wire[1] >> 4) & 3) == inner_ecn, "normal mode copies ECN"
     wire = _rewrite_ecn(wire, outer_ecn)
     expected = RFC6040[(inner_ecn, outer_ecn)]
     if expected is None:
         before = without_drops(inb.state())
         with pytest.raises(PacketDropped) as exc:
-            inb.unprotect(wire)
+            inb.unprotect(wire, now=0.0)
         assert exc.value.reason is DropReason.ECN_DROP
         assert inb.stats.drops == {"ecn_drop": 1}
         assert without_drops(inb.state()) == before
         return
-    got = inb.unprotect(wire)
+    got = inb.unprotect(wire, now=0.0)
     if version == 4:
         parsed = IP(got)
         assert parsed.tos == dscp | expected
@@ -462,22 +462,22 @@ def test_udp_nat_keepalive_and_non_esp_marker(version):
     out, inb = make_pair("aes128gcm16", outer=version, encap=(4500, 4500))
     before = without_drops(inb.state())
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(_udp_wire(version, b"\xff"))
+        inb.unprotect(_udp_wire(version, b"\xff"), now=0.0)
     assert exc.value.reason is DropReason.NAT_KEEPALIVE
     ike = b"\0\0\0\0" + bytes.fromhex("c0c1c2c3c4c5c6c7" + "00" * 8 + "2e202008") + bytes(8)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(_udp_wire(version, ike))
+        inb.unprotect(_udp_wire(version, ike), now=0.0)
     assert exc.value.reason is DropReason.IKE_PACKET
     assert inb.stats.drops == {"nat_keepalive": 1, "ike_packet": 1}
     assert without_drops(inb.state()) == before
-    assert inb.unprotect(out.protect(inner_v4())) == inner_v4()
+    assert inb.unprotect(out.protect(inner_v4(), now=0.0), now=0.0) == inner_v4()
 
 
 @pytest.mark.parametrize("mode", [Mode.TUNNEL, Mode.TRANSPORT])
 def test_udp_ipv4_checksum_zero(mode):
     out, inb = make_pair("aes128-sha256", outer=4, encap=(4500, 4500), mode=mode)
     inner = inner_v4(77)
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     outer = IP(wire)
     assert outer.proto == 17 and ip_checksum_ok(wire[:20])
     udp = outer[UDP]
@@ -485,7 +485,7 @@ def test_udp_ipv4_checksum_zero(mode):
     assert udp.chksum == 0, "RFC 3948 2.1: zero UDP checksum over IPv4"
     assert udp.len == len(wire) - 20
     assert wire[28:32] == SPI.to_bytes(4, "big"), "no non-ESP marker in front of ESP"
-    assert inb.unprotect(wire) == inner
+    assert inb.unprotect(wire, now=0.0) == inner
 
 
 @pytest.mark.parametrize("mode", [Mode.TUNNEL, Mode.TRANSPORT])
@@ -493,7 +493,7 @@ def test_udp_ipv6_checksum_correct(mode):
     out, inb = make_pair("aes128gcm16", outer=6, encap=(4500, 4500), mode=mode)
     inner = inner_v6(33)
     for _ in range(3):
-        wire = out.protect(inner)
+        wire = out.protect(inner, now=0.0)
         outer = IPv6(wire)
         assert outer.nh == 17
         udp = outer[UDP]
@@ -503,20 +503,20 @@ def test_udp_ipv6_checksum_correct(mode):
         zeroed[6:8] = b"\0\0"
         want = in6_chksum(17, outer, bytes(zeroed)) or 0xFFFF
         assert udp.chksum == want
-        assert inb.unprotect(wire) == inner
+        assert inb.unprotect(wire, now=0.0) == inner
 
 
 def test_udp_custom_ports_and_wrong_port():
     """encap_ports are the ports on the wire, [src, dst], for either direction."""
     out = make_sa("aes128gcm16", Direction.OUT, encap=(4501, 4600))
-    wire = out.protect(inner_v4())
+    wire = out.protect(inner_v4(), now=0.0)
     udp = IP(wire)[UDP]
     assert (udp.sport, udp.dport) == (4501, 4600)
-    assert make_sa("aes128gcm16", Direction.IN, encap=(4501, 4600)).unprotect(wire) == inner_v4()
+    assert make_sa("aes128gcm16", Direction.IN, encap=(4501, 4600)).unprotect(wire, now=0.0) == inner_v4()
     for wrong in (make_sa("aes128gcm16", Direction.IN, encap=(4600, 4501)),   # not our port
                   make_sa("aes128gcm16", Direction.IN)):                      # SA without encap
         with pytest.raises(PacketDropped) as exc:
-            wrong.unprotect(wire)
+            wrong.unprotect(wire, now=0.0)
         assert exc.value.reason is DropReason.NOT_ESP
 
 
@@ -528,14 +528,14 @@ def test_sequence_exhaustion_without_esn(keyword):
     out, inb = make_pair(keyword)
     out.seq = 2**32 - 2
     inb.replay.top = 2**32 - 2
-    wire = out.protect(inner_v4())
+    wire = out.protect(inner_v4(), now=0.0)
     assert esp_of(wire)[4:8] == b"\xff\xff\xff\xff"
-    assert inb.unprotect(wire) == inner_v4()
+    assert inb.unprotect(wire, now=0.0) == inner_v4()
     assert out.seq == 2**32 - 1
     before = out.state()
     for _ in range(2):
         with pytest.raises(SequenceOverflow):
-            out.protect(inner_v4())
+            out.protect(inner_v4(), now=0.0)
         assert out.state() == before, "a refused packet changes nothing"
 
 
@@ -544,24 +544,24 @@ def test_sequence_crosses_2_32_with_esn(keyword):
     out, inb = make_pair(keyword + "-esn")
     out.seq = 2**32 - 1
     inb.replay.top = 2**32 - 1
-    wire = out.protect(inner_v4())
+    wire = out.protect(inner_v4(), now=0.0)
     esp = esp_of(wire)
     assert out.seq == 2**32
     assert esp[4:8] == bytes(4), "the wire carries the low 32 bits only"
     if "-sha" not in keyword or "ctr" in keyword:
         assert esp[8:16] == (2**32).to_bytes(8, "big")
     assert independent_open(out, esp, 2**32)[-1] == 4
-    assert inb.unprotect(wire) == inner_v4()
+    assert inb.unprotect(wire, now=0.0) == inner_v4()
     assert inb.replay.top == 2**32
 
 
 def test_sequence_exhaustion_with_esn():
     out = make_sa("aes128gcm16-esn", Direction.OUT)
     out.seq = 2**64 - 2
-    assert esp_of(out.protect(inner_v4()))[4:16] == b"\xff" * 12
+    assert esp_of(out.protect(inner_v4(), now=0.0))[4:16] == b"\xff" * 12
     before = out.state()
     with pytest.raises(SequenceOverflow):
-        out.protect(inner_v4())
+        out.protect(inner_v4(), now=0.0)
     assert out.state() == before
 
 
@@ -600,7 +600,7 @@ def test_soft_and_hard_byte_and_time_limits():
 def test_hard_limit_drops_inbound_as_sa_expired():
     out = make_sa("aes128-sha256", Direction.OUT)
     inb = make_sa("aes128-sha256", Direction.IN, soft=Lifetime(packets=1), hard=Lifetime(packets=2), now=0.0)
-    wires = [out.protect(inner_v4(n)) for n in range(4)]
+    wires = [out.protect(inner_v4(n), now=0.0) for n in range(4)]
     assert inb.unprotect(wires[0], now=1.0) == inner_v4(0)
     assert inb.soft_expired
     assert inb.unprotect(wires[1], now=1.0) == inner_v4(1)
@@ -612,7 +612,7 @@ def test_hard_limit_drops_inbound_as_sa_expired():
     assert inb.stats.packets == 2 and inb.replay.top == 2
 
     timed = make_sa("aes128-sha256", Direction.IN, hard=Lifetime(seconds=30), now=0.0)
-    wire = make_sa("aes128-sha256", Direction.OUT).protect(inner_v4())
+    wire = make_sa("aes128-sha256", Direction.OUT).protect(inner_v4(), now=0.0)
     with pytest.raises(PacketDropped) as exc:
         timed.unprotect(wire, now=31.0)
     assert exc.value.reason is DropReason.SA_EXPIRED
@@ -625,18 +625,18 @@ def test_hard_limit_drops_inbound_as_sa_expired():
 def test_transport_v4_restores_header(proto):
     out, inb = make_pair("aes128gcm16", mode=Mode.TRANSPORT)
     inner = inner_v4(41, tos=0x2A, df=True, proto=proto)
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     outer = IP(wire)
     assert outer.proto == 50 and outer.len == len(wire) and ip_checksum_ok(wire[:20])
     assert (outer.src, outer.dst, outer.ttl, outer.id, outer.tos) == \
         ("192.0.2.10", "198.51.100.20", 61, 0x4242, 0x2A)
-    assert inb.unprotect(wire) == inner
+    assert inb.unprotect(wire, now=0.0) == inner
 
 
 def test_transport_v6_restores_header():
     out, inb = make_pair("chacha20poly1305", mode=Mode.TRANSPORT)
     inner = inner_v6(99, tc=0x10)
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     outer = IPv6(wire)
     assert outer.nh == 50 and outer.plen == len(wire) - 40 and outer.hlim == 61
-    assert inb.unprotect(wire) == inner
+    assert inb.unprotect(wire, now=0.0) == inner

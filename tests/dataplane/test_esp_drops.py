@@ -56,7 +56,7 @@ def make_sa(keyword: str, direction: Direction, *, mode: Mode = Mode.TUNNEL, out
                       remote=ipaddress.ip_address(PEER[outer]) if tunnel else None,
                       encap_ports=(4500, 4500) if encap else None, replay_window=replay_window,
                       backend=backend)
-    return SecurityAssociation(config, registry=REGISTRY)
+    return SecurityAssociation(config, registry=REGISTRY, now=0.0)
 
 
 def make_pair(keyword: str, **kw) -> tuple[SecurityAssociation, SecurityAssociation]:
@@ -148,7 +148,7 @@ def expect_drop(sa: SecurityAssociation, packet: bytes, reason: DropReason) -> P
     before = sa.state()
     total = sum(sa.stats.drops.values())
     with pytest.raises(PacketDropped) as exc:
-        sa.unprotect(packet)
+        sa.unprotect(packet, now=0.0)
     assert exc.value.reason is reason, f"expected {reason.value}, got {exc.value}"
     assert without_drops(sa.state()) == without_drops(before)
     assert sa.stats.drops[reason.value] == before[4].get(reason.value, 0) + 1
@@ -158,7 +158,7 @@ def expect_drop(sa: SecurityAssociation, packet: bytes, reason: DropReason) -> P
 
 def still_works(out: SecurityAssociation, inb: SecurityAssociation, *, outer: int = 4) -> None:
     inner = inner_v4(13) if inb.mode == Mode.TUNNEL or outer == 4 else inner_v6(13)
-    assert inb.unprotect(out.protect(inner)) == inner
+    assert inb.unprotect(out.protect(inner, now=0.0), now=0.0) == inner
 
 
 def _min_esp(sa: SecurityAssociation) -> int:
@@ -182,7 +182,7 @@ def test_forged(keyword, backend):
     inner = inner_v4(61)
     out.seq = 1000
     inb.replay.top = 999
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     esp_len = len(wire) - 20
     iv_end = 8 + info.iv_bytes
     # (offset in ESP, XOR mask).  Sequence-number flips move the number *up*, so the forgery
@@ -201,7 +201,7 @@ def test_forged(keyword, backend):
         drop = expect_drop(inb, bytes(forged), DropReason.AUTH_FAILED)
         assert drop.reason is DropReason.AUTH_FAILED, name
     assert inb.stats.drops == {"auth_failed": len(flips)}
-    assert inb.unprotect(wire) == inner
+    assert inb.unprotect(wire, now=0.0) == inner
     assert inb.replay.top == 1001
 
 
@@ -214,7 +214,7 @@ def test_truncated(keyword, encap):
     out, inb = make_pair(keyword, encap=encap, outer=6 if encap else 4)
     outer = 6 if encap else 4
     inner = inner_v4(30)
-    wire = out.protect(inner)
+    wire = out.protect(inner, now=0.0)
     hdr = 40 + (8 if encap else 0) if outer == 6 else 20
     esp = wire[hdr:]
     minimum = _min_esp(out)
@@ -228,7 +228,7 @@ def test_truncated(keyword, encap):
     # Cut on the wire without fixing the IP length: malformed.
     for n in range(len(wire)):
         expect_drop(inb, wire[:n], DropReason.MALFORMED)
-    assert inb.unprotect(wire) == inner
+    assert inb.unprotect(wire, now=0.0) == inner
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,13 +244,13 @@ def test_replayed(window, esn):
 
     def packet_at(seq: int) -> bytes:
         out.seq = seq - 1
-        return out.protect(inner_v4(seq % 50))
+        return out.protect(inner_v4(seq % 50), now=0.0)
 
     first = packet_at(base + 1)
-    assert inb.unprotect(first)
+    assert inb.unprotect(first, now=0.0)
     expect_drop(inb, first, DropReason.REPLAY)                  # the same packet twice
     top = base + window + 40                                     # with ESN: past 2**32
-    inb.unprotect(packet_at(top))
+    inb.unprotect(packet_at(top), now=0.0)
     left = packet_at(top - window)                               # just left of the window
     edge = packet_at(top - window + 1)                           # last slot inside it
     # Without ESN a packet left of the window is a replay.  With ESN, RFC 4303 Appendix A2.2
@@ -260,10 +260,10 @@ def test_replayed(window, esn):
     left_reason = DropReason.AUTH_FAILED if esn else DropReason.REPLAY
     expect_drop(inb, left, left_reason)
     expect_drop(inb, packet_at(base + 2), left_reason)           # far left
-    assert inb.unprotect(edge)
+    assert inb.unprotect(edge, now=0.0)
     expect_drop(inb, edge, DropReason.REPLAY)
     late = packet_at(top - 3)                                    # out of order, inside
-    assert inb.unprotect(late)
+    assert inb.unprotect(late, now=0.0)
     expect_drop(inb, late, DropReason.REPLAY)
     assert inb.stats.drops == ({"replay": 3, "auth_failed": 2} if esn else {"replay": 5})
     assert inb.replay.top == top
@@ -281,12 +281,12 @@ def test_replay_check_comes_before_the_icv():
     """A forged packet with a replayed sequence number is a replay (cheap check first), and a
     forged packet never moves the window (update only after the ICV)."""
     out, inb = make_pair("aes128gcm16")
-    wire = out.protect(inner_v4())
-    inb.unprotect(wire)
+    wire = out.protect(inner_v4(), now=0.0)
+    inb.unprotect(wire, now=0.0)
     forged = bytearray(wire)
     forged[-1] ^= 1
     expect_drop(inb, bytes(forged), DropReason.REPLAY)
-    ahead = bytearray(out.protect(inner_v4()))
+    ahead = bytearray(out.protect(inner_v4(), now=0.0))
     ahead[20 + 4] ^= 0x7F                                         # far ahead, forged
     expect_drop(inb, bytes(ahead), DropReason.AUTH_FAILED)
     assert inb.replay.top == 1
@@ -324,11 +324,11 @@ def test_bad_padding_with_valid_icv(keyword, backend):
         assert drop.reason is DropReason.BAD_PADDING, name
     # The same construction with correct padding is accepted (so the seal above is right),
     # including the longest padding RFC 4303 allows (255 bytes).
-    assert inb.unprotect(wrap(seal(out, trailer(payload, 4, block), 10))) == payload
+    assert inb.unprotect(wrap(seal(out, trailer(payload, 4, block), 10)), now=0.0) == payload
     short = inner_v4(3)                                           # 31 bytes: 31 + 255 + 2 = 18 * 16
     long_pad = short + bytes(range(1, 256)) + bytes((255, 4))
     assert len(long_pad) % block == 0
-    assert inb.unprotect(wrap(seal(out, long_pad, 11))) == short
+    assert inb.unprotect(wrap(seal(out, long_pad, 11)), now=0.0) == short
     still_works(out, inb)
 
 
@@ -364,7 +364,7 @@ def test_dummy_packet_is_dropped_but_authenticated():
         out, inb = make_pair("aes128gcm16", mode=mode)
         dummy = wrap(seal(out, trailer(b"\x00" * 12, 59, 4), 1))
         with pytest.raises(PacketDropped) as exc:
-            inb.unprotect(dummy)
+            inb.unprotect(dummy, now=0.0)
         assert exc.value.reason is DropReason.DUMMY
         assert inb.replay.top == 1 and inb.stats.packets == 0 and inb.stats.drops == {"dummy": 1}
         expect_drop(inb, dummy, DropReason.REPLAY)
@@ -378,7 +378,7 @@ def test_dummy_packet_is_dropped_but_authenticated():
 def test_wrong_spi():
     out, inb = make_pair("aes128gcm16")
     other = make_sa("aes128gcm16", Direction.OUT, spi=SPI + 1)
-    expect_drop(inb, other.protect(inner_v4()), DropReason.UNKNOWN_SPI)
+    expect_drop(inb, other.protect(inner_v4(), now=0.0), DropReason.UNKNOWN_SPI)
     expect_drop(inb, wrap(seal(out, trailer(inner_v4(), 4, 4), 1, spi=0)), DropReason.UNKNOWN_SPI)
     still_works(out, inb)
 
@@ -488,7 +488,7 @@ def _mutate(rng: random.Random, wire: bytes, out: SecurityAssociation, hdr: int,
             b[rng.randrange(len(b))] ^= 0xFF
     else:                                             # swap halves of two packets
         cut = rng.randrange(len(b))
-        other = out.protect(inner_v4(rng.randrange(80)))
+        other = out.protect(inner_v4(rng.randrange(80)), now=0.0)
         return bytes(b[:cut]) + other[cut:]
     return bytes(b)
 
@@ -502,14 +502,14 @@ def test_fuzz_only_packet_dropped_comes_out(keyword, mode, outer, encap):
     hdr = (20 if outer == 4 else 40) + (8 if encap else 0)
     v4_inside = outer == 4 or mode == Mode.TUNNEL
     inners = [inner_v4(rng.randrange(100)) if v4_inside else inner_v6(rng.randrange(100)) for _ in range(16)]
-    valid = [out.protect(p) for p in inners]
+    valid = [out.protect(p, now=0.0) for p in inners]
     reasons = set()
     for i in range(FUZZ_PER_SETUP):
         mutated = _mutate(rng, rng.choice(valid), out, hdr, encap, outer)
         before = inb.state()
         drops = sum(inb.stats.drops.values())
         try:
-            result = inb.unprotect(mutated)
+            result = inb.unprotect(mutated, now=0.0)
         except PacketDropped as drop:
             assert isinstance(drop.reason, DropReason)
             reasons.add(drop.reason)
@@ -523,7 +523,7 @@ def test_fuzz_only_packet_dropped_comes_out(keyword, mode, outer, encap):
         inb.stats.packets, inb.stats.bytes = before[2], before[3]
     assert {DropReason.MALFORMED, DropReason.AUTH_FAILED, DropReason.TRUNCATED} <= reasons, reasons
     for p, w in zip(inners, valid):
-        assert inb.unprotect(w) == p
+        assert inb.unprotect(w, now=0.0) == p
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,10 +538,10 @@ def test_protect_refuses_what_ip_cannot_carry(mode, outer, version):
     header = 28 if version == 4 else 48            # inner_v4/inner_v6 add IP + 8 bytes
     largest = 0xFFFF if version == 4 else 0xFFFF + 40     # the longest IPv4 / IPv6 packet
     with pytest.raises(PacketDropped) as exc:
-        out.protect(inner(largest - header))          # no room left for ESP
+        out.protect(inner(largest - header), now=0.0)          # no room left for ESP
     assert exc.value.reason is DropReason.TOO_BIG and "65535" in str(exc.value)
     assert out.state() == before                 # no sequence number (so no nonce) spent
-    assert len(out.protect(inner(largest - header - 100))) > largest - 100    # 100 bytes less fits
+    assert len(out.protect(inner(largest - header - 100), now=0.0)) > largest - 100    # 100 bytes less fits
 
 
 @pytest.mark.parametrize("version", [4, 6])
@@ -563,5 +563,5 @@ def test_transport_mode_refuses_fragments(version):
                            + whole[7:40] + frag + whole[40:])
     before = out.state()
     with pytest.raises(LocalError, match="fragment"):
-        out.protect(bytes(packet))
+        out.protect(bytes(packet), now=0.0)
     assert out.state() == before

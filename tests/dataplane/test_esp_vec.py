@@ -142,7 +142,7 @@ def verdict(v):
     return ("drop", v.reason, str(v)) if isinstance(v, PacketDropped) else v
 
 
-def protect_single(sa, packets, now=None):
+def protect_single(sa, packets, now=0.0):
     """One by one until the first error: (outputs, (error type, drop reason) or None)."""
     out = []
     try:
@@ -153,14 +153,14 @@ def protect_single(sa, packets, now=None):
     return out, None
 
 
-def protect_batch(sa, packets, now=None):
+def protect_batch(sa, packets, now=0.0):
     try:
         return sa.protect_batch(packets, now=now), None
     except Exception as exc:
         return getattr(exc, "partial", "no .partial"), (type(exc), getattr(exc, "reason", None))
 
 
-def unprotect_single(sa, packets, now=None) -> list:
+def unprotect_single(sa, packets, now=0.0) -> list:
     out = []
     for p in packets:
         try:
@@ -170,7 +170,7 @@ def unprotect_single(sa, packets, now=None) -> list:
     return [verdict(v) for v in out]
 
 
-def unprotect_batch(sa, packets, now=None) -> list:
+def unprotect_batch(sa, packets, now=0.0) -> list:
     return [verdict(v) for v in sa.unprotect_batch(packets, now=now)]
 
 
@@ -189,13 +189,13 @@ class Rig:
 def rig(proposal: str = "aes128gcm16", **kw) -> Rig:
     out_cfg, in_cfg = configs(proposal, **kw)
     sender, out = pair_of(out_cfg)
-    ref, inb = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
+    ref, inb = SecurityAssociation(in_cfg, now=0.0), SecurityAssociation(in_cfg, now=0.0)
     fallback_out, _ = instrument(out)
     _, fallback_in = instrument(inb)
     return Rig(sender, out, ref, inb, fallback_out, fallback_in)
 
 
-def check_inbound(r: Rig, batches: list[list[bytes]], now=None) -> list:
+def check_inbound(r: Rig, batches: list[list[bytes]], now=0.0) -> list:
     """Unprotect each batch both ways; verdicts and state must agree after every batch."""
     seen = []
     for batch in batches:
@@ -209,7 +209,7 @@ def check_inbound(r: Rig, batches: list[list[bytes]], now=None) -> list:
 
 # -- 1. the vector path is taken ----------------------------------------------------------------
 def test_sas_get_the_vector_paths():
-    sa = SecurityAssociation(configs("aes128gcm16")[0])
+    sa = SecurityAssociation(configs("aes128gcm16")[0], now=0.0)
     assert sa.engine._fast_protect.__module__ == "ipsec_core.dataplane.esp.vec"
     assert sa.engine._fast_unprotect.__module__ == "ipsec_core.dataplane.esp.vec"
 
@@ -218,20 +218,20 @@ def test_sas_get_the_vector_paths():
 def test_clean_batches_take_the_vector_path(encap):
     r = rig(encap=encap)
     packets = clean(random.Random(1), 3 * MIN_P)
-    wire = r.out.protect_batch(packets[:MIN_P]) + r.out.protect_batch(packets[MIN_P:])
+    wire = r.out.protect_batch(packets[:MIN_P], now=0.0) + r.out.protect_batch(packets[MIN_P:], now=0.0)
     assert r.fallback_out.calls == 0
-    assert wire == [r.sender.protect(p) for p in packets]
+    assert wire == [r.sender.protect(p, now=0.0) for p in packets]
     assert all(type(w) is bytes for w in wire)
-    inner = r.inb.unprotect_batch(wire[:MIN_U]) + r.inb.unprotect_batch(wire[MIN_U:])
+    inner = r.inb.unprotect_batch(wire[:MIN_U], now=0.0) + r.inb.unprotect_batch(wire[MIN_U:], now=0.0)
     assert r.fallback_in.calls == 0
     assert inner == packets and all(type(p) is bytes for p in inner)
     n = len(packets)
     assert r.inb.state() == (0, (n, (1 << 64) - 1), n, sum(map(len, packets)), {}, None, None)
     # One packet fewer than the threshold: the scalar loop, once per direction.
     more = clean(random.Random(2), MIN_P - 1)
-    wire = r.out.protect_batch(more)
-    assert wire == [r.sender.protect(p) for p in more] and r.fallback_out.calls == 1
-    assert r.inb.unprotect_batch(wire[:MIN_U - 1]) == more[:MIN_U - 1] and r.fallback_in.calls == 1
+    wire = r.out.protect_batch(more, now=0.0)
+    assert wire == [r.sender.protect(p, now=0.0) for p in more] and r.fallback_out.calls == 1
+    assert r.inb.unprotect_batch(wire[:MIN_U - 1], now=0.0) == more[:MIN_U - 1] and r.fallback_in.calls == 1
 
 
 # -- 2. equality with one-by-one processing ------------------------------------------------------
@@ -252,9 +252,9 @@ PROPOSALS = [pytest.param(p, "aesni", id=f"{p}-aesni") for p in
 def test_vector_batches_equal_single(proposal, backend, encap, sizes):
     r = rig(proposal, encap=encap, backend=backend)
     packets = clean(random.Random(f"{proposal}{encap}{sizes}"), sum(BATCHES), sizes)
-    one = [r.sender.protect(p) for p in packets]
+    one = [r.sender.protect(p, now=0.0) for p in packets]
     batches = chunks(packets, BATCHES)
-    many = [w for batch in batches for w in r.out.protect_batch(batch)]
+    many = [w for batch in batches for w in r.out.protect_batch(batch, now=0.0)]
     assert many == one
     assert r.out.state() == r.sender.state() and r.out.engine.ident == r.sender.engine.ident
     assert r.fallback_out.calls == sum(len(b) < MIN_P for b in batches)
@@ -312,7 +312,7 @@ def check_protect_with_one_odd_packet(r: Rig, clean, make, error, falls_back) ->
     clean batch again: outputs or `.partial` and the error, state and fallbacks as expected."""
     rng = random.Random(4)
     warmup = clean(rng, MIN_P)
-    assert r.out.protect_batch(warmup) == [r.sender.protect(p) for p in warmup]
+    assert r.out.protect_batch(warmup, now=0.0) == [r.sender.protect(p, now=0.0) for p in warmup]
     batch = clean(rng, MIN_P)
     batch.insert(20, make(rng))
     one = protect_single(r.sender, batch)
@@ -359,7 +359,7 @@ def _flip(at):
 
 def _outer_ecn(inner_tos, outer_ecn):
     def make(r):
-        w = r.sender.protect(ipv4(random.Random(5), 60, tos=inner_tos))
+        w = r.sender.protect(ipv4(random.Random(5), 60, tos=inner_tos), now=0.0)
         return with_outer(w, {1: (w[1] & 0xFC) | outer_ecn})
     return make
 
@@ -396,10 +396,10 @@ ODD_WIRE = {          # name: (change to a 48-packet batch, the one drop reason 
     "outer-ect1-inner-ect0": (_append(_outer_ecn(0xB8 | 0x02, 1)), None),  # inner becomes ECT(1)
     "outer-ce-inner-not-ect": (_append(_outer_ecn(0x00, 3)), DropReason.ECN_DROP),
     "outer-ect0-inner-ce": (_append(_outer_ecn(0x03, 2)), None),
-    "dummy": (_append(lambda r: r.sender.dummy(40)), DropReason.DUMMY),
-    "tfc-padding": (_append(lambda r: r.sender.protect(ipv4(random.Random(6), 40) + bytes(64))), None),
-    "inner-ipv6": (_append(lambda r: r.sender.protect(ipv6_packet())), None),
-    "inner-ipv4-options": (_append(lambda r: r.sender.protect(optioned_packet())), None),
+    "dummy": (_append(lambda r: r.sender.dummy(40, now=0.0)), DropReason.DUMMY),
+    "tfc-padding": (_append(lambda r: r.sender.protect(ipv4(random.Random(6), 40) + bytes(64), now=0.0)), None),
+    "inner-ipv6": (_append(lambda r: r.sender.protect(ipv6_packet(), now=0.0)), None),
+    "inner-ipv4-options": (_append(lambda r: r.sender.protect(optioned_packet(), now=0.0)), None),
 }
 
 
@@ -408,21 +408,21 @@ ODD_WIRE = {          # name: (change to a 48-packet batch, the one drop reason 
 def test_unprotect_batch_with_one_uncommon_packet(mutate, reason, encap):
     r = rig("aes128gcm16", encap=encap)
     rng = random.Random(7)
-    r.warm = [r.sender.protect(p) for p in clean(rng, MIN_U)]
-    batch = [r.sender.protect(p) for p in clean(rng, 48)]
+    r.warm = [r.sender.protect(p, now=0.0) for p in clean(rng, MIN_U)]
+    batch = [r.sender.protect(p, now=0.0) for p in clean(rng, 48)]
     mutate(batch, r)
-    after = [r.sender.protect(p) for p in clean(rng, MIN_U)]
+    after = [r.sender.protect(p, now=0.0) for p in clean(rng, MIN_U)]
     seen = check_inbound(r, [r.warm, batch, after])
     assert [v[1] for v in seen if isinstance(v, tuple)] == ([reason] if reason else [])
     assert r.fallback_in.calls == 1              # only the batch with the odd packet
 
 
 BULK_ODD = {   # name: (a packet for the bulk batch, given the SAs and a bulk inner packet; fallback?)
-    "dummy-same-size": (lambda r, p: r.sender.dummy(1400), True),
-    "tfc-padded-same-size": (lambda r, p: r.sender.protect(ipv4(random.Random(20), 1380, tos=p[1]) + bytes(20)), True),
-    "inner-dscp-differs": (lambda r, p: with_outer(r.sender.protect(ipv4(random.Random(21), 1400, tos=p[1] ^ 0x04)),
+    "dummy-same-size": (lambda r, p: r.sender.dummy(1400, now=0.0), True),
+    "tfc-padded-same-size": (lambda r, p: r.sender.protect(ipv4(random.Random(20), 1380, tos=p[1]) + bytes(20), now=0.0), True),
+    "inner-dscp-differs": (lambda r, p: with_outer(r.sender.protect(ipv4(random.Random(21), 1400, tos=p[1] ^ 0x04), now=0.0),
                                                    {1: p[1]}), False),
-    "outer-ecn-differs": (lambda r, p: with_outer(r.sender.protect(p), {1: p[1] ^ 0x01}), True),
+    "outer-ecn-differs": (lambda r, p: with_outer(r.sender.protect(p, now=0.0), {1: p[1] ^ 0x01}), True),
 }
 
 
@@ -433,10 +433,10 @@ def test_bulk_batch_with_one_odd_packet(make, falls_back, at):
     same size that differs must make it decline (to the full vector checks, or the scalar loop)."""
     r = rig()
     packets = clean(random.Random(22), 2 * MIN_U, "bulk")
-    wire = [r.sender.protect(p) for p in packets[:MIN_U]]
+    wire = [r.sender.protect(p, now=0.0) for p in packets[:MIN_U]]
     batch = []
     for i, p in enumerate(packets[MIN_U:]):
-        batch.append(make(r, p) if i == at % MIN_U else r.sender.protect(p))
+        batch.append(make(r, p) if i == at % MIN_U else r.sender.protect(p, now=0.0))
     assert len(set(map(len, batch))) == 1
     check_inbound(r, [wire, batch])
     assert r.fallback_in.calls == falls_back
@@ -447,7 +447,7 @@ def test_bulk_batch_with_every_outer_ecn_changed(inner_tos, outer_ecn):
     """One size, one outer TOS, but outer ECN != inner ECN in every packet: RFC 6040 decides."""
     r = rig()
     rng = random.Random(23)
-    wire = [r.sender.protect(ipv4(rng, 1400, tos=inner_tos, ident=i)) for i in range(2 * MIN_U)]
+    wire = [r.sender.protect(ipv4(rng, 1400, tos=inner_tos, ident=i), now=0.0) for i in range(2 * MIN_U)]
     wire = [with_outer(w, {1: (w[1] & 0xFC) | outer_ecn}) for w in wire]
     check_inbound(r, [wire[:MIN_U], wire[MIN_U:]])
     assert r.fallback_in.calls == 2
@@ -461,8 +461,8 @@ def test_padding_longer_than_3_bytes_is_accepted(proposal, encap, extra):
     r = rig(proposal, encap=encap)
     rng = random.Random(8)
     packets = clean(rng, 2 * MIN_U)
-    r.warm = [r.sender.protect(p) for p in packets[:MIN_U]]
-    batch = [r.sender.protect(p) for p in packets[MIN_U:]]
+    r.warm = [r.sender.protect(p, now=0.0) for p in packets[:MIN_U]]
+    batch = [r.sender.protect(p, now=0.0) for p in packets[MIN_U:]]
     body = len(packets[MIN_U + 5])
     batch[5] = repad(batch[5], r.ref, -(body + 2) % 4 + 4 * extra)
     assert check_inbound(r, [r.warm, batch]) == packets      # accepted, the same inner packet
@@ -477,7 +477,7 @@ def test_lifetime_far_away_keeps_the_vector_path():
     single, batch = pair_of(out_cfg)
     fallback, _ = instrument(batch)
     packets = clean(random.Random(13), 64)
-    assert batch.protect_batch(packets) == [single.protect(p) for p in packets]
+    assert batch.protect_batch(packets, now=0.0) == [single.protect(p, now=0.0) for p in packets]
     assert batch.state() == single.state() and fallback.calls == 0
 
 
@@ -486,7 +486,7 @@ def test_without_numpy_the_scalar_paths_are_used(monkeypatch):
     monkeypatch.setattr(esp_vec, "np", None)
     assert not esp_vec.available()
     out_cfg, in_cfg = configs("aes128gcm16", encap=ENCAP)
-    engine = SecurityAssociation(out_cfg).engine
+    engine = SecurityAssociation(out_cfg, now=0.0).engine
     scalar = esp_fast.fast_paths(engine)
     paths = esp_vec.vector_paths(engine, *scalar)
     assert paths[0] is scalar[0] and paths[1] is scalar[1]
@@ -495,10 +495,10 @@ def test_without_numpy_the_scalar_paths_are_used(monkeypatch):
     assert batch.engine._fast_protect.__module__ == "ipsec_core.dataplane.esp.fast"
     packets = clean(random.Random(15), 100)
     packets.insert(40, ipv6_packet())
-    wire = [single.protect(p) for p in packets]
-    assert batch.protect_batch(packets[:64]) + batch.protect_batch(packets[64:]) == wire
+    wire = [single.protect(p, now=0.0) for p in packets]
+    assert batch.protect_batch(packets[:64], now=0.0) + batch.protect_batch(packets[64:], now=0.0) == wire
     assert batch.state() == single.state()
-    ref, inb = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
+    ref, inb = SecurityAssociation(in_cfg, now=0.0), SecurityAssociation(in_cfg, now=0.0)
     assert inb.engine._fast_unprotect.__module__ == "ipsec_core.dataplane.esp.fast"
     stream = wire[:30] + [wire[3], _flip(-1)(wire[31], None)] + wire[30:]
     assert unprotect_batch(inb, stream) == unprotect_single(ref, stream)
@@ -509,8 +509,8 @@ def test_without_numpy_the_scalar_paths_are_used(monkeypatch):
 def test_bytearray_packets():
     r = rig(encap=ENCAP)
     packets = clean(random.Random(16), 2 * MIN)
-    one = [r.sender.protect(bytearray(p)) for p in packets]
-    assert r.out.protect_batch([bytearray(p) for p in packets]) == one
+    one = [r.sender.protect(bytearray(p), now=0.0) for p in packets]
+    assert r.out.protect_batch([bytearray(p) for p in packets], now=0.0) == one
     assert r.out.state() == r.sender.state() and r.fallback_out.calls == 0
     assert check_inbound(r, [[bytearray(w) for w in one]]) == packets
     assert r.fallback_in.calls == 0
@@ -519,7 +519,7 @@ def test_bytearray_packets():
 def test_memoryview_packets_inbound():
     r = rig()
     packets = clean(random.Random(17), 2 * MIN)
-    wire = [r.sender.protect(p) for p in packets]
+    wire = [r.sender.protect(p, now=0.0) for p in packets]
     assert check_inbound(r, [[memoryview(w) for w in wire]]) == packets
     assert r.fallback_in.calls == 0
 

@@ -71,8 +71,8 @@ def test_sequence_numbers_up_to_the_32_bit_limit(m):
     r = m.rig()
     r.sender.seq = r.out.seq = 2**32 - 1 - MIN_P
     packets = m.clean(random.Random(3), MIN_P)
-    wire = r.out.protect_batch(packets)
-    assert wire == [r.sender.protect(p) for p in packets] and r.out.seq == 2**32 - 1
+    wire = r.out.protect_batch(packets, now=0.0)
+    assert wire == [r.sender.protect(p, now=0.0) for p in packets] and r.out.seq == 2**32 - 1
     assert r.fallback_out.calls == 0
     assert protect_batch(r.out, packets) == protect_single(r.sender, packets) == ([], (SequenceOverflow, None))
     assert r.out.state() == r.sender.state()
@@ -86,7 +86,7 @@ def test_sequence_numbers_up_to_the_32_bit_limit(m):
 def test_replay_window_with_lost_packets(m, window):
     r = m.rig(window=window)
     packets = m.clean(random.Random(9), 300)
-    wire = [w for i, w in enumerate(r.sender.protect(p) for p in packets) if i % 7 != 6]
+    wire = [w for i, w in enumerate(r.sender.protect(p, now=0.0) for p in packets) if i % 7 != 6]
     batches = chunks(wire, [64] * 5)
     assert check_inbound(r, batches) == [m.expect(p) for i, p in enumerate(packets) if i % 7 != 6]
     assert r.fallback_in.calls == sum(len(b) < MIN_U for b in batches) == 1
@@ -101,11 +101,11 @@ def test_replay_window_after_a_jump(m, jump):
     then a batch of older packets (some never received, some replays)."""
     r = m.rig(window=64)
     rng = random.Random(10)
-    first = [r.sender.protect(p) for p in m.clean(rng, 40)]
-    held = [r.sender.protect(p) for p in m.clean(rng, jump - 1)]      # not delivered yet
-    second = [r.sender.protect(p) for p in m.clean(rng, 20)]
-    held += [r.sender.protect(p) for p in m.clean(rng, jump - 1)]
-    second += [r.sender.protect(p) for p in m.clean(rng, 20)]
+    first = [r.sender.protect(p, now=0.0) for p in m.clean(rng, 40)]
+    held = [r.sender.protect(p, now=0.0) for p in m.clean(rng, jump - 1)]      # not delivered yet
+    second = [r.sender.protect(p, now=0.0) for p in m.clean(rng, 20)]
+    held += [r.sender.protect(p, now=0.0) for p in m.clean(rng, jump - 1)]
+    second += [r.sender.protect(p, now=0.0) for p in m.clean(rng, 20)]
     check_inbound(r, [first, second])
     assert r.fallback_in.calls == 0
     assert r.inb.replay.top == 40 + 2 * (jump - 1) + 40
@@ -115,10 +115,28 @@ def test_replay_window_after_a_jump(m, jump):
 
 
 @each_mode
+@pytest.mark.parametrize("back", [0, 1], ids=["newest", "newest-but-one"])
+def test_replay_as_the_first_packet_of_a_batch(m, back):
+    """A batch that starts with a repeat of the newest sequence number (the top of the window)
+    or of the one before, then only new ones: the repeat is a replay, the rest pass."""
+    r = m.rig(window=64)
+    rng = random.Random(13)
+    first_packets, second_packets = m.clean(rng, 40), m.clean(rng, 40)
+    first = [r.sender.protect(p, now=0.0) for p in first_packets]
+    second = [r.sender.protect(p, now=0.0) for p in second_packets]
+    check_inbound(r, [first])
+    assert r.inb.replay.top == 40
+    seen = check_inbound(r, [[first[-1 - back]] + second])
+    assert seen[0][:2] == ("drop", DropReason.REPLAY)
+    assert seen[1:] == list(map(m.expect, second_packets))
+    assert r.inb.replay.top == 80 and r.inb.stats.drops == {"replay": 1}
+
+
+@each_mode
 def test_replay_window_0_uses_the_loop(m):
     r = m.rig(window=0)
     packets = m.clean(random.Random(11), 100)
-    wire = [r.sender.protect(p) for p in packets]
+    wire = [r.sender.protect(p, now=0.0) for p in packets]
     stream = wire[:50] + wire[10:60] + wire[90:] + wire[60:90]     # duplicates and going back
     seen = check_inbound(r, chunks(stream, [64, 64, 64]))
     assert seen == list(map(m.expect, packets[:50] + packets[10:60] + packets[90:] + packets[60:90]))
@@ -150,9 +168,9 @@ def test_lifetime_reached_inside_vector_batches(m, limits):
             assert fallback.calls == 0            # no limit within reach: the vector path
     assert fallback.calls >= 1 and (single.soft_expired or single.hard_expired)
     # Inbound: the sender has no lifetime, the receiving SAs have these.
-    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()))
-    wire = [sender.protect(p) for p in packets]
-    ref, inb = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
+    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()), now=0.0)
+    wire = [sender.protect(p, now=0.0) for p in packets]
+    ref, inb = SecurityAssociation(in_cfg, now=0.0), SecurityAssociation(in_cfg, now=0.0)
     _, fallback_in = m.instrument(inb)
     for i, part in enumerate(chunks(wire, [64] * 4)):
         assert unprotect_batch(inb, part) == unprotect_single(ref, part)
@@ -178,8 +196,8 @@ def test_time_lifetimes_inside_vector_batches(m):
     more = packets[:MIN_P]
     assert protect_batch(batch, more, 25.0) == protect_single(single, more, 25.0) == ([], (LifetimeExpired, None))
     assert batch.state() == single.state() and single.hard_expired
-    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()))
-    wire = [sender.protect(p) for p in packets + more]
+    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()), now=0.0)
+    wire = [sender.protect(p, now=0.0) for p in packets + more]
     ref, inb = (SecurityAssociation(in_cfg, now=0.0) for _ in range(2))
     _, fallback_in = m.instrument(inb)
     for part, now in zip(chunks(wire, [MIN_P] * 4), times + (25.0,)):
@@ -205,8 +223,8 @@ def test_protect_batch_after_hard_expiry_carries_partial(m, n):
 @pytest.mark.parametrize("now,field", [(15.0, "soft_expired"), (25.0, "hard_expired")])
 def test_lifetime_not_checked_when_no_packet_gets_that_far(m, now, field):
     out_cfg, in_cfg = m.configs(soft=Lifetime(seconds=10), hard=Lifetime(seconds=20))
-    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()))
-    wrong_spi = [w[:20] + b"\0\0\x99\x99" + w[24:] for w in map(sender.protect, m.clean(random.Random(16), MIN_U))]
+    sender = SecurityAssociation(dataclasses.replace(out_cfg, soft=Lifetime(), hard=Lifetime()), now=0.0)
+    wrong_spi = [w[:20] + b"\0\0\x99\x99" + w[24:] for w in (sender.protect(p, now=0.0) for p in m.clean(random.Random(16), MIN_U))]
     ref, inb = (SecurityAssociation(in_cfg, now=0.0) for _ in range(2))
     assert unprotect_batch(inb, wrong_spi, now) == unprotect_single(ref, wrong_spi, now)
     assert getattr(ref, field) is None                        # one-by-one: never reached
@@ -220,7 +238,7 @@ def test_random_damage_matches_single(m, seed):
     rng = random.Random(seed)
     proposal = rng.choice(["aes128gcm16", "aes128ccm12", "chacha20poly1305", "aes256gcm12"])
     r = m.module.rig(proposal, encap=rng.choice([None, ENCAP]), window=rng.choice([32, 64, 128]))
-    wire = [r.sender.protect(p) for p in m.clean(rng, 600)]
+    wire = [r.sender.protect(p, now=0.0) for p in m.clean(rng, 600)]
     for _ in range(25):
         k, op = rng.randrange(len(wire)), rng.random()
         if op < 0.4:

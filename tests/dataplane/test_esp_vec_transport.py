@@ -135,7 +135,7 @@ def rig(proposal: str = "aes128gcm16", **kw) -> Rig:
     """One-by-one and batched (counted) outbound and inbound transport-mode SAs."""
     out_cfg, in_cfg = configs(proposal, mode="transport", **kw)
     sender, out = pair_of(out_cfg)
-    ref, inb = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
+    ref, inb = SecurityAssociation(in_cfg, now=0.0), SecurityAssociation(in_cfg, now=0.0)
     fallback_out, _ = instrument(out)
     _, fallback_in = instrument(inb)
     return Rig(sender, out, ref, inb, fallback_out, fallback_in)
@@ -148,7 +148,7 @@ def reasons(seen: list) -> list:
 # -- 1. the vector path is taken ----------------------------------------------------------------
 def test_transport_sas_get_the_transport_paths():
     for cfg in configs("aes128gcm16", mode="transport"):
-        engine = SecurityAssociation(cfg).engine
+        engine = SecurityAssociation(cfg, now=0.0).engine
         assert engine._fast_protect is not None and engine._fast_unprotect is not None
         assert "_make_transport_protect" in engine._fast_protect.__qualname__
         assert "_make_transport_unprotect" in engine._fast_unprotect.__qualname__
@@ -157,7 +157,7 @@ def test_transport_sas_get_the_transport_paths():
 @pytest.mark.parametrize("proposal,mode", [("aes128gcm16", "tunnel"), ("aes128gcm16-esn", "transport"),
                                            ("aes128-sha256", "transport"), ("aes128gmac", "transport")])
 def test_other_sas_do_not_get_the_transport_paths(proposal, mode):
-    engine = SecurityAssociation(configs(proposal, mode=mode)[0]).engine
+    engine = SecurityAssociation(configs(proposal, mode=mode)[0], now=0.0).engine
     assert esp_vec.transport_paths(engine) == (None, None)
     if mode == "transport":
         assert engine._fast_protect is None and engine._fast_unprotect is None
@@ -167,20 +167,20 @@ def test_other_sas_do_not_get_the_transport_paths(proposal, mode):
 def test_clean_batches_take_the_vector_path(encap):
     r = rig(encap=encap)
     packets = clean(random.Random(1), 3 * MIN_P)
-    wire = r.out.protect_batch(packets[:MIN_P]) + r.out.protect_batch(packets[MIN_P:])
+    wire = r.out.protect_batch(packets[:MIN_P], now=0.0) + r.out.protect_batch(packets[MIN_P:], now=0.0)
     assert r.fallback_out.calls == 0
-    assert wire == [r.sender.protect(p) for p in packets] and all(type(w) is bytes for w in wire)
+    assert wire == [r.sender.protect(p, now=0.0) for p in packets] and all(type(w) is bytes for w in wire)
     assert r.out.state() == r.sender.state()
-    inner = r.inb.unprotect_batch(wire[:MIN_U]) + r.inb.unprotect_batch(wire[MIN_U:])
+    inner = r.inb.unprotect_batch(wire[:MIN_U], now=0.0) + r.inb.unprotect_batch(wire[MIN_U:], now=0.0)
     assert r.fallback_in.calls == 0
     assert inner == list(map(fixed, packets)) and all(type(p) is bytes for p in inner)
     n = len(packets)
     assert r.inb.state() == (0, (n, (1 << 64) - 1), n, sum(map(len, packets)), {}, None, None)
     # One packet fewer than the threshold: the generic loop, exactly once per direction.
     more = clean(random.Random(2), MIN_P - 1)
-    wire = r.out.protect_batch(more)
-    assert wire == [r.sender.protect(p) for p in more] and r.fallback_out.calls == 1
-    assert r.inb.unprotect_batch(wire[:MIN_U - 1]) == list(map(fixed, more[:MIN_U - 1]))
+    wire = r.out.protect_batch(more, now=0.0)
+    assert wire == [r.sender.protect(p, now=0.0) for p in more] and r.fallback_out.calls == 1
+    assert r.inb.unprotect_batch(wire[:MIN_U - 1], now=0.0) == list(map(fixed, more[:MIN_U - 1]))
     assert r.fallback_in.calls == 1
 
 
@@ -208,9 +208,9 @@ def test_clean_traffic_is_what_it_claims():
 def test_vector_batches_equal_single(proposal, backend, encap):
     r = rig(proposal, encap=encap, backend=backend)
     packets = clean(random.Random(f"{proposal}{encap}"), sum(BATCHES))
-    one = [r.sender.protect(p) for p in packets]
+    one = [r.sender.protect(p, now=0.0) for p in packets]
     batches = chunks(packets, BATCHES)
-    many = [w for batch in batches for w in r.out.protect_batch(batch)]
+    many = [w for batch in batches for w in r.out.protect_batch(batch, now=0.0)]
     assert many == one
     assert r.out.state() == r.sender.state()
     assert r.fallback_out.calls == sum(len(b) < MIN_P for b in batches) == 1
@@ -233,8 +233,8 @@ def _with_tiny(seed) -> list[bytes]:
 def test_tiny_payloads_equal_single(encap):
     r = rig(encap=encap)
     packets = _with_tiny(5)
-    one = [r.sender.protect(p) for p in packets]
-    assert r.out.protect_batch(packets) == one and r.out.state() == r.sender.state()
+    one = [r.sender.protect(p, now=0.0) for p in packets]
+    assert r.out.protect_batch(packets, now=0.0) == one and r.out.state() == r.sender.state()
     assert r.fallback_out.calls == 0
     assert check_inbound(r, [one[:MIN_P], one[MIN_P:]]) == list(map(fixed, packets))
 
@@ -282,7 +282,7 @@ def _new(r, rng):
     """The next clean packet (23..1500 bytes, any protocol), protected by the one-by-one sender."""
     packet = ipv4(rng, rng.randrange(23, 1501), proto=rng.choice(PROTOS), tos=rng.choice(TOS),
                   ttl=rng.choice(TTLS), bad_checksum=rng.random() < 0.3)
-    return r.sender.protect(packet)
+    return r.sender.protect(packet, now=0.0)
 
 
 def _changed(change):
@@ -330,10 +330,10 @@ ODD_WIRE = {   # name: (the packet(s) at index 20 given (rig, rng, the packets b
     "outer-fragment-offset": (_changed(lambda w, r: with_outer(w, {7: 1})), [MALFORMED], True),
     "outer-ipv4-options": (_changed(_with_options), [], True),
     "trailing-bytes": (_changed(lambda w, r: w + b"tail"), [], True),
-    "ipv6": (lambda r, rng, before: [r.sender.protect(ipv6_packet())], [], True),
-    "inner-ipv4-options": (lambda r, rng, before: [r.sender.protect(optioned_packet())], [], True),
-    "dummy": (lambda r, rng, before: [r.sender.dummy(40)], [DropReason.DUMMY], True),
-    "dummy-empty": (lambda r, rng, before: [r.sender.dummy(0)], [DropReason.DUMMY], True),
+    "ipv6": (lambda r, rng, before: [r.sender.protect(ipv6_packet(), now=0.0)], [], True),
+    "inner-ipv4-options": (lambda r, rng, before: [r.sender.protect(optioned_packet(), now=0.0)], [], True),
+    "dummy": (lambda r, rng, before: [r.sender.dummy(40, now=0.0)], [DropReason.DUMMY], True),
+    "dummy-empty": (lambda r, rng, before: [r.sender.dummy(0, now=0.0)], [DropReason.DUMMY], True),
     "next-header-59-resealed": (_resealed(lambda pt: padded(_aligned(pt, 0), nh=59)(pt)),
                                 [DropReason.DUMMY], True),
     "padding-4-to-7": (_resealed(lambda pt: padded(_aligned(pt, 4))(pt)), [], True),
@@ -392,8 +392,8 @@ def test_outer_options_are_kept_in_the_inner_packet():
     """What one-by-one does with an optioned outer header (and so the batch): the options stay."""
     r = rig()
     packet = ipv4(random.Random(8), 100, proto=6)
-    wire = _with_options(r.sender.protect(packet), r)
-    inner = r.ref.unprotect(wire)
+    wire = _with_options(r.sender.protect(packet, now=0.0), r)
+    inner = r.ref.unprotect(wire, now=0.0)
     assert inner[:1] == b"\x46" and inner[20:24] == b"\x01\x01\x01\x00" and inner[24:] == packet[20:]
 
 
@@ -402,7 +402,7 @@ def test_outer_options_are_kept_in_the_inner_packet():
 def test_unprotect_batch_of_buffers(kind, encap):
     r = rig(encap=encap)
     packets = clean(random.Random(9), 2 * MIN_U)
-    wire = [r.sender.protect(p) for p in packets]
+    wire = [r.sender.protect(p, now=0.0) for p in packets]
     assert check_inbound(r, [[kind(w) for w in wire]]) == list(map(fixed, packets))
     assert r.fallback_in.calls == 0
 
@@ -427,10 +427,10 @@ def test_without_numpy_the_generic_loops_are_used(monkeypatch, encap):
     assert batch.engine._fast_protect is None and batch.engine._fast_unprotect is None
     packets = clean(random.Random(17), 150)
     packets.insert(40, ipv6_packet())
-    wire = [single.protect(p) for p in packets]
-    assert batch.protect_batch(packets[:64]) + batch.protect_batch(packets[64:]) == wire
+    wire = [single.protect(p, now=0.0) for p in packets]
+    assert batch.protect_batch(packets[:64], now=0.0) + batch.protect_batch(packets[64:], now=0.0) == wire
     assert batch.state() == single.state()
-    ref, inb = SecurityAssociation(in_cfg), SecurityAssociation(in_cfg)
+    ref, inb = SecurityAssociation(in_cfg, now=0.0), SecurityAssociation(in_cfg, now=0.0)
     assert inb.engine._fast_unprotect is None
     stream = wire[:30] + [wire[3], _flip(-1)(wire[31], None)] + wire[30:]
     assert unprotect_batch(inb, stream) == unprotect_single(ref, stream)

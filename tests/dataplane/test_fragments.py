@@ -357,9 +357,9 @@ def sa_pair(proposal: str = "aes128gcm16", *, protocol: str = "esp", outer: int 
     tunnel = mode == Mode.TUNNEL
     common = dict(spi=0x3000, mode=mode, proposal=prop, protocol=protocol, mtu=mtu, df_bit=df_bit, **keys)
     out = SecurityAssociation(SaConfig(name="o", direction=Direction.OUT, local=a if tunnel else None,
-                                       remote=b if tunnel else None, **common), registry=REGISTRY)
+                                       remote=b if tunnel else None, **common), registry=REGISTRY, now=0.0)
     inb = SecurityAssociation(SaConfig(name="i", direction=Direction.IN, local=b if tunnel else None,
-                                       remote=a if tunnel else None, **common), registry=REGISTRY)
+                                       remote=a if tunnel else None, **common), registry=REGISTRY, now=0.0)
     return out, inb
 
 
@@ -376,7 +376,7 @@ def test_protect_wire_fragments_then_reassembles(protocol, proposal, outer, inne
     out, inb = sa_pair(proposal, protocol=protocol, outer=outer, mtu=1280)
     packet = raw(v4(1250)) if inner == 4 else raw(v6(1200))
     assert len(packet) <= 1280 < out.engine.protected_len(packet)
-    wire = out.protect_wire(packet)
+    wire = out.protect_wire(packet, now=0.0)
     assert len(wire) == 2 and all(len(w) <= 1280 for w in wire)
     if outer == 6:
         assert all(IPv6ExtHdrFragment in IPv6(w) for w in wire)
@@ -385,14 +385,14 @@ def test_protect_wire_fragments_then_reassembles(protocol, proposal, outer, inne
     r = Reassembler()
     whole = push_all(r, wire[::-1])
     assert len(whole) == 1
-    assert inb.unprotect(whole[0]) == packet
+    assert inb.unprotect(whole[0], now=0.0) == packet
     assert out.stats.packets == 1 and not out.stats.drops
 
 
 def test_protect_wire_small_packet_is_one_packet():
     out, inb = sa_pair(mtu=1400)
-    wire = out.protect_wire(raw(v4(100)))
-    assert len(wire) == 1 and inb.unprotect(wire[0]) == raw(v4(100))
+    wire = out.protect_wire(raw(v4(100)), now=0.0)
+    assert len(wire) == 1 and inb.unprotect(wire[0], now=0.0) == raw(v4(100))
 
 
 @pytest.mark.parametrize(("protocol", "proposal", "outer"), LAYOUTS)
@@ -400,7 +400,7 @@ def test_too_big_with_df_answers_icmp(protocol, proposal, outer):
     out, _ = sa_pair(proposal, protocol=protocol, outer=outer, mtu=1400)
     packet = raw(v4(1400, df=True))
     with pytest.raises(PacketTooBig) as exc:
-        out.protect_wire(packet)
+        out.protect_wire(packet, now=0.0)
     err = exc.value
     assert err.reason is DropReason.TOO_BIG and out.stats.drops == {"too_big": 1}
     assert out.seq == 0, "nothing was protected"
@@ -416,10 +416,10 @@ def test_too_big_with_df_answers_icmp(protocol, proposal, outer):
     # The advertised size is the largest that fits.
     fits = raw(v4(1400 - (len(packet) - err.mtu), df=True))
     assert len(fits) == err.mtu
-    assert len(out.protect_wire(fits)) == 1 and len(out.protect_wire(fits)[0]) <= 1400
+    assert len(out.protect_wire(fits, now=0.0)) == 1 and len(out.protect_wire(fits, now=0.0)[0]) <= 1400
     bigger = raw(v4(1400 - (len(packet) - err.mtu) + 1, df=True))
     with pytest.raises(PacketTooBig):
-        out.protect_wire(bigger)
+        out.protect_wire(bigger, now=0.0)
 
 
 def test_ipv6_too_big_answers_icmpv6():
@@ -428,7 +428,7 @@ def test_ipv6_too_big_answers_icmpv6():
     out, _ = sa_pair("aes256gcm16", outer=6, mtu=1400)
     packet = raw(v6(1400))
     with pytest.raises(PacketTooBig) as exc:
-        out.protect_wire(packet)
+        out.protect_wire(packet, now=0.0)
     icmp = IPv6(exc.value.icmp)
     assert icmp.src == ADDR[6][0] and icmp.dst == "2001:db8:a::10"
     ptb = icmp[ICMPv6PacketTooBig]
@@ -438,31 +438,31 @@ def test_ipv6_too_big_answers_icmpv6():
     assert IPv6(raw(check))[ICMPv6PacketTooBig].cksum == ptb.cksum
     assert len(exc.value.icmp) <= 1280
     fits = raw(v6(1400 - (len(packet) - exc.value.mtu)))
-    assert len(out.protect_wire(fits)) == 1
+    assert len(out.protect_wire(fits, now=0.0)) == 1
 
 
 @pytest.mark.parametrize("df_bit", [DfBit.SET, DfBit.CLEAR])
 def test_df_bit_policy(df_bit):
     out, inb = sa_pair(mtu=1000, df_bit=df_bit)
     no_df, with_df = raw(v4(1200)), raw(v4(1200, df=True))
-    small = out.protect(raw(v4(100)))
+    small = out.protect(raw(v4(100)), now=0.0)
     assert bool(IP(small).flags.DF) == (df_bit == DfBit.SET)
     for packet in (no_df, with_df):
         if df_bit == DfBit.SET:
             with pytest.raises(PacketTooBig):
-                out.protect_wire(packet)
+                out.protect_wire(packet, now=0.0)
         else:
-            wire = out.protect_wire(packet)
+            wire = out.protect_wire(packet, now=0.0)
             assert len(wire) == 2
-            assert inb.unprotect(push_all(Reassembler(), wire)[0]) == packet
+            assert inb.unprotect(push_all(Reassembler(), wire)[0], now=0.0) == packet
 
 
 def test_transport_mode_keeps_the_packets_own_df():
     out, inb = sa_pair(mode=Mode.TRANSPORT, mtu=800)
-    wire = out.protect_wire(raw(v4(1000)))
-    assert len(wire) == 2 and inb.unprotect(push_all(Reassembler(), wire)[0]) == raw(v4(1000))
+    wire = out.protect_wire(raw(v4(1000)), now=0.0)
+    assert len(wire) == 2 and inb.unprotect(push_all(Reassembler(), wire)[0], now=0.0) == raw(v4(1000))
     with pytest.raises(PacketTooBig) as exc:
-        out.protect_wire(raw(v4(1000, df=True)))
+        out.protect_wire(raw(v4(1000, df=True)), now=0.0)
     assert IP(exc.value.icmp).src == "198.51.100.20"        # the destination, in transport mode
 
 

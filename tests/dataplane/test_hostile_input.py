@@ -55,12 +55,12 @@ def test_forged_ah_with_a_short_segment_routing_header_is_dropped(hdr_len, left,
     packet = _ipv6(_srh(hdr_len=hdr_len, segments_left=left, last_entry=last,
                         segments=segments, nh=51) + ah + _udp(), nh=43)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(packet)
+        inb.unprotect(packet, now=0.0)
     assert exc.value.reason is DropReason.MALFORMED
     assert inb.stats.drops["malformed"] == 1
     assert inb.replay.top == 0
     inner = _ipv6(_udp(), nh=17)
-    assert inb.unprotect(out.protect(inner)) == inner
+    assert inb.unprotect(out.protect(inner, now=0.0), now=0.0) == inner
 
 
 def test_ah_over_a_valid_segment_routing_header_verifies():
@@ -69,8 +69,8 @@ def test_ah_over_a_valid_segment_routing_header_verifies():
     out, inb = _ah_pair()
     srh = _srh(hdr_len=4, segments_left=1, last_entry=1, segments=[DST6, "2001:db8::99"], nh=17)
     inner = _ipv6(srh + _udp(), nh=43)
-    wire = out.protect(inner)
-    assert inb.unprotect(wire) == inner
+    wire = out.protect(inner, now=0.0)
+    assert inb.unprotect(wire, now=0.0) == inner
 
 
 def _esn_pair():
@@ -95,18 +95,18 @@ def test_esn_sequence_numbers_past_2_to_the_64_are_dropped(low):
     out, inb = _esn_pair()
     top = 2**64 - 10
     out.seq = inb.replay.top = top - 1
-    assert inb.unprotect(out.protect(_inner())) == _inner()
+    assert inb.unprotect(out.protect(_inner(), now=0.0), now=0.0) == _inner()
     assert inb.replay.top == top
     # A packet whose low-order bits lie left of the window stands for the next sub-space,
     # which does not exist: 2^64 and above.
-    forged = bytearray(out.protect(_inner()))
+    forged = bytearray(out.protect(_inner(), now=0.0))
     struct.pack_into("!I", forged, 20 + 4, low)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(bytes(forged))
+        inb.unprotect(bytes(forged), now=0.0)
     assert exc.value.reason is DropReason.REPLAY
     assert inb.replay.top == top
     out.seq = top + 1
-    assert inb.unprotect(out.protect(_inner())) == _inner()
+    assert inb.unprotect(out.protect(_inner(), now=0.0), now=0.0) == _inner()
 
 
 SA_TEXT = """

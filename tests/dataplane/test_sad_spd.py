@@ -1,5 +1,6 @@
 """SAD inbound lookup and SPD selectors / ordering / inbound policy check."""
 import ipaddress
+import itertools
 import os
 
 import pytest
@@ -18,8 +19,8 @@ A, B = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")
 def pair(spi, key=None, **kw):
     key = key or os.urandom(20)
     common = dict(spi=spi, mode=Mode.TUNNEL, proposal=parse_esp("aes128gcm16"), enc_key=key, **kw)
-    out = SecurityAssociation(SaConfig(name=f"out-{spi:x}", direction=Direction.OUT, local=A, remote=B, **common))
-    inb = SecurityAssociation(SaConfig(name=f"in-{spi:x}", direction=Direction.IN, local=B, remote=A, **common))
+    out = SecurityAssociation(SaConfig(name=f"out-{spi:x}", direction=Direction.OUT, local=A, remote=B, **common), now=0.0)
+    inb = SecurityAssociation(SaConfig(name=f"in-{spi:x}", direction=Direction.IN, local=B, remote=A, **common), now=0.0)
     return out, inb
 
 
@@ -33,10 +34,10 @@ def test_sad_finds_inbound_sa_by_spi_and_destination():
     for sa in (o1, i1, o2, i2):
         sad.add(sa)
     assert len(sad) == 4
-    assert esp_spi_and_destination(o2.protect(INNER)) == (0x1002, B.packed)
-    sa, inner = sad.unprotect(o2.protect(INNER))
+    assert esp_spi_and_destination(o2.protect(INNER, now=0.0)) == (0x1002, B.packed)
+    sa, inner = sad.unprotect(o2.protect(INNER, now=0.0), now=0.0)
     assert sa is i2 and inner == INNER
-    sa, inner = sad.unprotect(o1.protect(INNER))
+    sa, inner = sad.unprotect(o1.protect(INNER, now=0.0), now=0.0)
     assert sa is i1
 
 
@@ -46,11 +47,11 @@ def test_sad_unknown_spi_is_counted():
     sad.add(i)
     other, _ = pair(0x2002)
     with pytest.raises(PacketDropped) as exc:
-        sad.unprotect(other.protect(INNER))
+        sad.unprotect(other.protect(INNER, now=0.0), now=0.0)
     assert exc.value.reason is DropReason.UNKNOWN_SPI
     assert sad.drops["unknown_spi"] == 1
     with pytest.raises(PacketDropped):
-        sad.unprotect(INNER)
+        sad.unprotect(INNER, now=0.0)
     assert sad.drops["not_esp"] == 1
 
 
@@ -62,10 +63,10 @@ def test_sad_refuses_duplicates_and_removes():
         sad.add(i)
     _, i_again = pair(0x3001)
     with pytest.raises(LocalError, match="already used"):
-        sad.add(SecurityAssociation(i_again.config.__class__(**{**_fields(i_again.config), "name": "x"})))
+        sad.add(SecurityAssociation(i_again.config.__class__(**{**_fields(i_again.config), "name": "x"}), now=0.0))
     assert sad.remove(i.name) is i
     with pytest.raises(PacketDropped):
-        sad.unprotect(o.protect(INNER))
+        sad.unprotect(o.protect(INNER, now=0.0), now=0.0)
 
 
 def _fields(cfg):
@@ -85,6 +86,49 @@ def test_spd_first_match_wins_and_ports():
     assert spd.lookup_outbound(other).action is Action.DISCARD
     v6 = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP())
     assert spd.lookup_outbound(v6) is None
+
+
+_NARROW = Policy(Selector.parse("198.51.100.0/24", "203.0.113.0/24", "udp", remote_ports=53), Action.BYPASS)
+_WIDE = Policy(Selector.parse("198.51.100.0/24", "203.0.113.0/24"), Action.PROTECT, sa_name="out",
+               inbound_sa="in")
+_OTHER_SA = Policy(Selector.parse("198.51.100.0/25", "203.0.113.0/24"), Action.PROTECT,
+                   sa_name="out2", inbound_sa="in2")
+_DENY = Policy(Selector.parse("0.0.0.0/0", "0.0.0.0/0"), Action.DISCARD)
+_DNS_OUT = bytes(IP(src="198.51.100.1", dst="203.0.113.1") / UDP(sport=5000, dport=53))
+_DNS_IN = bytes(IP(src="203.0.113.1", dst="198.51.100.1") / UDP(sport=53, dport=5000))
+_TCP_IN = bytes(IP(src="203.0.113.1", dst="198.51.100.1") / TCP(sport=443, dport=5000))
+_HIGH_IN = bytes(IP(src="203.0.113.1", dst="198.51.100.200") / TCP(sport=443, dport=5000))
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations([_NARROW, _WIDE, _OTHER_SA, _DENY])),
+                         ids=lambda order: "-".join(p.action.value + (p.sa_name or "") for p in order))
+def test_spd_overlapping_policies_are_decided_by_order(order):
+    """Every packet below matches several policies: the first in the SPD's order decides, in
+    the outbound lookup, the inbound lookup of plain packets and the inbound SA check."""
+    spd = Spd(list(order))
+    matching = {_DNS_IN: (_NARROW, _WIDE, _OTHER_SA, _DENY), _TCP_IN: (_WIDE, _OTHER_SA, _DENY),
+                _HIGH_IN: (_WIDE, _DENY)}
+    first = {packet: next(p for p in order if p in pols) for packet, pols in matching.items()}
+    assert spd.lookup_outbound(_DNS_OUT) is first[_DNS_IN]
+    for packet, policy in first.items():
+        assert spd.lookup_inbound_plain(packet) is policy
+        for sa in ("in", "in2"):
+            if policy.action is Action.PROTECT and policy.inbound_sa == sa:
+                assert spd.check_inbound(packet, sa) is policy
+            else:                     # an earlier policy (bypass, discard, another SA's) decides
+                with pytest.raises(PacketDropped) as exc:
+                    spd.check_inbound(packet, sa)
+                assert exc.value.reason is DropReason.POLICY
+
+
+def test_spd_add_inserts_where_asked():
+    spd = Spd([_WIDE])
+    spd.add(_DENY)
+    spd.add(_NARROW, index=0)
+    assert spd.policies == [_NARROW, _WIDE, _DENY]
+    assert spd.lookup_outbound(_DNS_OUT) is _NARROW
+    spd.add(_DENY, index=0)
+    assert spd.lookup_outbound(_DNS_OUT) is _DENY
 
 
 def test_spd_port_ranges_and_ipv6():

@@ -40,9 +40,9 @@ def pair(proposal: str = "aes128gcm16", *, outer: int = 4, mode: Mode = Mode.TUN
     common = dict(spi=SPI, mode=mode, proposal=prop, enc_key=KEY[:prop.enc_key_bytes] if prop.enc_key_bytes else b"",
                   integ_key=bytes(prop.integ_info.key_bytes) if prop.integ_info else b"", **kw)
     out = SecurityAssociation(SaConfig(name="o", direction=Direction.OUT, local=a, remote=b, **common),
-                              registry=REGISTRY)
+                              registry=REGISTRY, now=0.0)
     inb = SecurityAssociation(SaConfig(name="i", direction=Direction.IN, local=b, remote=a, **common),
-                              registry=REGISTRY)
+                              registry=REGISTRY, now=0.0)
     return out, inb
 
 
@@ -69,7 +69,7 @@ def test_tfc_padding_to_a_size(inner, outer):
     sizes = set()
     for n in (0, 17, 200, 511):
         packet = inner(n)
-        wire = out.protect(packet)
+        wire = out.protect(packet, now=0.0)
         sizes.add(len(wire))
         plaintext = decrypt(wire, outer)
         pad_len, nh = plaintext[-2], plaintext[-1]
@@ -77,10 +77,10 @@ def test_tfc_padding_to_a_size(inner, outer):
         assert len(body) == 600 and body[:len(packet)] == packet
         assert body[len(packet):] == bytes(600 - len(packet)), "TFC padding is zeros"
         assert nh == (4 if packet[0] >> 4 == 4 else 41)
-        assert inb.unprotect(wire) == packet
+        assert inb.unprotect(wire, now=0.0) == packet
     assert len(sizes) == 1, "every packet shorter than the TFC size looks the same"
     big = inner(1000)
-    assert inb.unprotect(out.protect(big)) == big and len(decrypt(out.protect(big), outer)) < 1100
+    assert inb.unprotect(out.protect(big, now=0.0), now=0.0) == big and len(decrypt(out.protect(big, now=0.0), outer)) < 1100
     assert inb.stats.bytes == sum(len(inner(n)) for n in (0, 17, 200, 511)) + len(big)
 
 
@@ -93,57 +93,57 @@ def test_tfc_padding_to_the_mtu(proposal, outer):
     block = 16 if proposal.startswith("aes256-") else 4
     lengths = set()
     for packet in (v4(10), v6(300), v4(1000)):
-        wire = out.protect(packet)
+        wire = out.protect(packet, now=0.0)
         lengths.add(len(wire))
-        assert inb.unprotect(wire) == packet
+        assert inb.unprotect(wire, now=0.0) == packet
     (length,) = lengths
     assert 1400 - block < length <= 1400
 
 
 def test_dummy_packets_are_dropped_silently():
     out, inb = pair(tfc_padding=300)
-    data = out.protect(v4(50))
-    dummy = out.dummy()
+    data = out.protect(v4(50), now=0.0)
+    dummy = out.dummy(now=0.0)
     assert len(dummy) == len(data), "a dummy looks like the padded data packets"
     plaintext = decrypt(dummy)
     assert plaintext[-1] == 59 and len(plaintext[:-2 - plaintext[-2]]) == 300
     assert out.seq == 2 and out.stats.dummies == 1 and out.stats.packets == 1
-    assert inb.unprotect(data) == v4(50)
+    assert inb.unprotect(data, now=0.0) == v4(50)
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(dummy)
+        inb.unprotect(dummy, now=0.0)
     assert exc.value.reason is DropReason.DUMMY and exc.value.silent
     assert inb.stats.drops == {"dummy": 1} and inb.stats.packets == 1
     assert inb.replay.top == 2, "the dummy's sequence number is recorded"
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(dummy)
+        inb.unprotect(dummy, now=0.0)
     assert exc.value.reason is DropReason.REPLAY and not exc.value.silent
     # Sizes on request, and the batch path gives the same verdicts.
-    more = [out.dummy(0), out.protect(v4(5)), out.dummy(1000)]
+    more = [out.dummy(0, now=0.0), out.protect(v4(5), now=0.0), out.dummy(1000, now=0.0)]
     assert len(decrypt(more[2])) > 1000
-    verdicts = inb.unprotect_batch(more)
+    verdicts = inb.unprotect_batch(more, now=0.0)
     assert verdicts[1] == v4(5)
     assert [v.reason for v in (verdicts[0], verdicts[2])] == [DropReason.DUMMY, DropReason.DUMMY]
 
 
 def test_dummy_without_tfc_and_over_udp_and_ipv6():
     out, inb = pair(outer=6, encap_ports=(4500, 4500))
-    dummy = out.dummy()
+    dummy = out.dummy(now=0.0)
     assert IPv6(dummy)[UDP].dport == 4500
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(dummy)
+        inb.unprotect(dummy, now=0.0)
     assert exc.value.reason is DropReason.DUMMY
 
 
 def test_dummy_refused_where_it_cannot_be():
     out = SecurityAssociation(SaConfig(name="t", spi=SPI, direction=Direction.OUT, mode=Mode.TRANSPORT,
-                                       proposal=parse_esp("aes128gcm16"), enc_key=KEY[:20]), registry=REGISTRY)
+                                       proposal=parse_esp("aes128gcm16"), enc_key=KEY[:20]), registry=REGISTRY, now=0.0)
     with pytest.raises(LocalError, match="addresses"):
-        out.dummy()
+        out.dummy(now=0.0)
     ah = SecurityAssociation(SaConfig(name="a", spi=SPI, direction=Direction.OUT, mode=Mode.TRANSPORT,
                                       proposal=parse_ah("sha256"), integ_key=bytes(32), protocol="ah"),
-                             registry=REGISTRY)
+                             registry=REGISTRY, now=0.0)
     with pytest.raises(LocalError, match="ESP feature"):
-        ah.dummy()
+        ah.dummy(now=0.0)
 
 
 def test_batches_with_tfc_equal_one_by_one():
@@ -151,11 +151,11 @@ def test_batches_with_tfc_equal_one_by_one():
     out2, in2 = pair(tfc_padding=256)
     out2.engine.ident = out1.engine.ident          # the outer IPv4 identification, for equal bytes
     packets = [v4(n) for n in range(0, 400, 37)] + [v6(10)]
-    ones = [out1.protect(p) for p in packets]
-    assert out2.protect_batch(packets) == ones
+    ones = [out1.protect(p, now=0.0) for p in packets]
+    assert out2.protect_batch(packets, now=0.0) == ones
     assert out1.engine._fast_protect is None
-    assert in2.unprotect_batch(ones) == packets
-    assert [in1.unprotect(w) for w in ones] == packets
+    assert in2.unprotect_batch(ones, now=0.0) == packets
+    assert [in1.unprotect(w, now=0.0) for w in ones] == packets
     assert in1.state() == in2.state()
 
 
@@ -184,7 +184,7 @@ def test_pcap_report_calls_dummies_silent(tmp_path):
     from ipsec_core.vpn.pcap import LINKTYPE_RAW, PcapHeader, PcapRecord, PcapWriter
 
     out, _ = pair()
-    wires = [out.protect(v4(10)), out.dummy(40), out.protect(v4(20))]
+    wires = [out.protect(v4(10), now=0.0), out.dummy(40, now=0.0), out.protect(v4(20), now=0.0)]
     with open(tmp_path / "esp.pcap", "wb") as f:
         w = PcapWriter(f, PcapHeader(linktype=LINKTYPE_RAW, snaplen=65535))
         for i, p in enumerate(wires):

@@ -5,11 +5,15 @@ For every proposal Wireshark 4.0 supports, inner ICMP and UDP packets (built wit
 protected, the keys are written into a private Wireshark configuration folder
 (WIRESHARK_CONFIG_DIR: an `esp_sa` table and a `preferences` file turning on
 esp.enable_encryption_decode and esp.enable_authentication_check, both off by default), and
-tshark must show the inner layers of every packet and `esp.icv_good` true.
+tshark must show the inner layers of every packet and `esp.icv_good` true, and its decrypted
+bytes (the "Decrypted Data" tshark -x prints) must be the original inner packet (tunnel mode) or
+its payload (transport mode), followed by RFC 4303 padding 1, 2, 3, ..., the pad length and the
+next header.
 """
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -20,7 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ipsec_core.cli import app
-from ipsec_core.vpn.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapHeader, PcapRecord, PcapWriter
+from ipsec_core.vpn.pcap import (LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapHeader, PcapReader, PcapRecord,
+                                 PcapWriter, ip_from_frame)
+from ipsec_core.wire.ip import ipv4_header_len, ipv6_split
 from ipsec_core.transforms.keywords import parse_esp
 
 TSHARK = shutil.which("tshark")
@@ -106,6 +112,68 @@ def tshark_fields(pcap: Path, *, config_dir: Path | None = None,
     return [line.split("|") for line in done.stdout.splitlines()]
 
 
+_SOURCE = re.compile(r"^(\S.*) \((\d+) bytes\):$")
+_HEX_LINE = re.compile(r"^[0-9a-f]{4,8}  ")
+
+
+def tshark_decrypted(pcap: Path, *, config_dir: Path | None = None,
+                     extra: list[str] = ()) -> list[list[bytes]]:
+    """Per frame, the bytes of each "Decrypted Data" source of `tshark -x` (ESP decrypted with
+    the keys of `config_dir` or the `extra` options): usually one per ESP packet."""
+    env = dict(os.environ, WIRESHARK_CONFIG_DIR=str(config_dir or pcap.parent / "empty-ws-config"))
+    os.makedirs(env["WIRESHARK_CONFIG_DIR"], exist_ok=True)
+    done = subprocess.run([TSHARK, "-n", "-r", str(pcap), *extra, "-x"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    frames: list[list[bytes]] = []
+    for block in done.stdout.split("\n\n"):
+        if not block.strip():
+            continue
+        found, name, size, data = [], None, 0, bytearray()
+        for line in block.splitlines() + ["end (0 bytes):"]:
+            source = _SOURCE.match(line)
+            if source:
+                if name == "Decrypted Data":
+                    assert len(data) == size, (line, size, len(data))
+                    found.append(bytes(data))
+                name, size, data = source[1], int(source[2]), bytearray()
+            elif _HEX_LINE.match(line):
+                data += bytes.fromhex(line.split("  ", 1)[1][:47])
+        frames.append(found)
+    return frames
+
+
+def esp_plaintext(inner: bytes, *, mode: str) -> tuple[bytes, int]:
+    """(the bytes ESP encrypts before its trailer, next header) for an inner packet: the whole
+    packet in tunnel mode, what follows the IP header(s) in transport mode."""
+    version = inner[0] >> 4
+    if mode == "tunnel":
+        return inner, 4 if version == 4 else 41
+    if version == 4:
+        return inner[ipv4_header_len(inner):], inner[9]
+    off, nh_at, nh = ipv6_split(inner)
+    return inner[off:], nh
+
+
+def assert_plaintext(decrypted: bytes, body: bytes, nh: int, what: str = "") -> None:
+    """`decrypted` is `body`, padding 1, 2, 3, ..., the pad length and next header `nh`."""
+    pad = decrypted[-2]
+    assert decrypted[-1] == nh, (what, decrypted[-1], nh)
+    assert decrypted[-2 - pad:-2] == bytes(range(1, pad + 1)), (what, decrypted[-2 - pad:])
+    assert decrypted[:-2 - pad] == body, f"{what}: tshark decrypted other bytes than the original"
+
+
+def assert_payloads(frames: list[list[bytes]], inner_pcap: Path, *, mode: str) -> None:
+    """Every frame decrypted to the packet of the same record of `inner_pcap`."""
+    with open(inner_pcap, "rb") as f:
+        reader = PcapReader(f)
+        originals = [ip_from_frame(reader.header.linktype, rec.data) for rec in reader]
+    assert len(frames) == len(originals)
+    for i, (found, inner) in enumerate(zip(frames, originals)):
+        assert len(found) == 1, f"packet {i}: {len(found)} decrypted data sources"
+        assert_plaintext(found[0], *esp_plaintext(inner, mode=mode), what=f"packet {i}")
+
+
 def write_wireshark_config(tmp_path: Path, sa_file: Path) -> tuple[Path, str]:
     """`ipsec wireshark-keys` into WIRESHARK_CONFIG_DIR/esp_sa, plus the preferences it needs."""
     result = runner.invoke(app, ["wireshark-keys", "--config", str(sa_file)])
@@ -150,6 +218,8 @@ def test_tshark_decrypts_with_icv_good(tmp_path, proposal):
     config_dir, warnings = write_wireshark_config(tmp_path, sa_file)
     assert warnings == ""
     assert_decrypted(tshark_fields(pcap, config_dir=config_dir), kinds, mode="tunnel", icv="good")
+    assert_payloads(tshark_decrypted(pcap, config_dir=config_dir), pcap.parent / "inner.pcap",
+                    mode="tunnel")
 
 
 @pytest.mark.parametrize("proposal, family, mode, encap, linktype", [
@@ -166,6 +236,8 @@ def test_tshark_decrypts_variants(tmp_path, proposal, family, mode, encap, linkt
                                    linktype=linktype)
     config_dir, _ = write_wireshark_config(tmp_path, sa_file)
     assert_decrypted(tshark_fields(pcap, config_dir=config_dir), kinds, mode=mode, icv="good")
+    assert_payloads(tshark_decrypted(pcap, config_dir=config_dir), pcap.parent / "inner.pcap",
+                    mode=mode)
 
 
 def test_tshark_args_format(tmp_path):
@@ -175,6 +247,7 @@ def test_tshark_args_format(tmp_path):
     assert result.exit_code == 0, result.output
     args = shlex.split(result.stdout)
     assert_decrypted(tshark_fields(pcap, extra=args), kinds, mode="tunnel", icv="good")
+    assert_payloads(tshark_decrypted(pcap, extra=args), pcap.parent / "inner.pcap", mode="tunnel")
 
 
 def test_udp_encap_on_other_ports(tmp_path):
@@ -192,6 +265,7 @@ def test_udp_encap_on_other_ports(tmp_path):
     args = shlex.split(result.stdout)
     assert "udp.port==4502,udpencap" in args
     assert_decrypted(tshark_fields(pcap, extra=args), kinds, mode="tunnel", icv="good")
+    assert_payloads(tshark_decrypted(pcap, extra=args), pcap.parent / "inner.pcap", mode="tunnel")
 
 
 @pytest.mark.parametrize("proposal, icv, warning", [
@@ -206,6 +280,8 @@ def test_best_effort_rows(tmp_path, proposal, icv, warning):
     config_dir, warnings = write_wireshark_config(tmp_path, sa_file)
     assert warning in warnings
     assert_decrypted(tshark_fields(pcap, config_dir=config_dir), kinds, mode="tunnel", icv=icv)
+    assert_payloads(tshark_decrypted(pcap, config_dir=config_dir), pcap.parent / "inner.pcap",
+                    mode="tunnel")
 
 
 @pytest.mark.parametrize("proposal", ["chacha20poly1305", "aes128ccm16", "aes256gmac"])

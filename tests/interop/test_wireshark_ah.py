@@ -14,7 +14,8 @@ Wireshark 4.0 cannot check AH ICVs: its AH dissector has only ah.next_header, ah
 ah.reserved, ah.spi, ah.sequence and ah.icv, and there is no `ah.*` preference; the `esp_sa`
 table's "Protocol" column is the IP version, not ESP/AH.  So AH is checked for dissection
 (fields equal ours) and `ipsec wireshark-keys` skips AH SAs with that reason; ESP behind AH is
-decrypted from the ESP SA's row with its ICV good.
+decrypted from the ESP SA's row with its ICV good, and tshark's decrypted bytes of every ESP
+packet are the original inner packet (or its payload) with a valid RFC 4303 trailer.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from ipsec_core.cli.wireshark import esp_sa_rows, preferences_text, uat_text
 from ipsec_core.vpn.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapHeader, PcapRecord, PcapWriter
 from ipsec_core.transforms.keywords import parse_ah, parse_esp
 from ipsec_core.dataplane.sa import Direction, Mode, SaConfig, SecurityAssociation
+from interop.test_wireshark import assert_plaintext, esp_plaintext, tshark_decrypted
 
 TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed "
@@ -75,7 +77,7 @@ def make_sa(protocol: str, proposal: str, mode: Mode, outer: int, **kw) -> Secur
     cfg = SaConfig(name=f"{protocol}-{proposal}-{mode.value}-{outer}-{next(_spis)}", spi=next(_spis),
                    direction=Direction.OUT, mode=mode, proposal=prop, protocol=protocol,
                    local=local if tunnel else None, remote=remote if tunnel else None, **keys, **kw)
-    return SecurityAssociation(cfg)
+    return SecurityAssociation(cfg, now=0.0)
 
 
 AH_PROPOSALS = ["sha1", "sha256", "sha384", "sha512", "aesxcbc", "aescmac", "aes128gmac",
@@ -83,33 +85,44 @@ AH_PROPOSALS = ["sha1", "sha256", "sha384", "sha512", "aesxcbc", "aescmac", "aes
 ESP_PROPOSALS = ["aes128gcm16", "aes256-sha256", "aes128ctr-sha1", "null-sha512"]
 
 
-def production() -> tuple[list[tuple[str, bytes]], list]:
-    """(what, packet) for everything this project writes, and the ESP SA configs."""
+def production() -> tuple[list[tuple[str, bytes]], list, list]:
+    """(what, packet) for everything this project writes, the ESP SA configs, and per packet
+    what its ESP encrypted before the trailer as (bytes, next header), or None (AH, dummy)."""
     out: list[tuple[str, bytes]] = []
     esp_configs = []
+    plain: list = []
+
+    def add(what: str, wires: list[bytes], plaintexts=None) -> None:
+        out.extend((what, w) for w in wires)
+        plain.extend(plaintexts or [None] * len(wires))
+
     for version in (4, 6):
         packets = inner_packets(version)
         for proposal in AH_PROPOSALS:
             for mode in (Mode.TRANSPORT, Mode.TUNNEL):
                 sa = make_sa("ah", proposal, mode, version)
-                out += [(f"ah {proposal} {mode.value} v{version}", sa.protect(p)) for p in packets]
+                add(f"ah {proposal} {mode.value} v{version}", [sa.protect(p, now=0.0) for p in packets])
         for proposal in ESP_PROPOSALS:
             for mode in (Mode.TRANSPORT, Mode.TUNNEL):
                 sa = make_sa("esp", proposal, mode, version)
                 esp_configs.append(sa.config)
-                out += [(f"esp {proposal} {mode.value} v{version}", sa.protect(p)) for p in packets]
+                add(f"esp {proposal} {mode.value} v{version}", [sa.protect(p, now=0.0) for p in packets],
+                    [esp_plaintext(p, mode=mode.value) for p in packets])
         tfc = make_sa("esp", "aes256gcm16", Mode.TUNNEL, version, tfc_padding=400)
         esp_configs.append(tfc.config)
-        out += [(f"esp tfc v{version}", tfc.protect(p)) for p in packets]
-        out.append((f"esp dummy v{version}", tfc.dummy()))
+        add(f"esp tfc v{version}", [tfc.protect(p, now=0.0) for p in packets],
+            [(p + bytes(400 - len(p)), esp_plaintext(p, mode="tunnel")[1]) for p in packets])
+        add(f"esp dummy v{version}", [tfc.dummy(now=0.0)])
         bundle = SaBundle(make_sa("ah", "sha256", Mode.TRANSPORT, version),
                           make_sa("esp", "aes128gcm16", Mode.TRANSPORT, version))
         esp_configs.append(bundle.esp.config)
-        out += [(f"esp in ah v{version}", bundle.protect(p)) for p in packets]
+        add(f"esp in ah v{version}", [bundle.protect(p, now=0.0) for p in packets],
+            [esp_plaintext(p, mode="transport") for p in packets])
         tunnel_bundle = SaBundle(make_sa("ah", "sha512", Mode.TUNNEL, version),
                                  make_sa("esp", "aes128gcm16", Mode.TRANSPORT, version))
         esp_configs.append(tunnel_bundle.esp.config)
-        out += [(f"esp in ah tunnel v{version}", tunnel_bundle.protect(p)) for p in packets]
+        add(f"esp in ah tunnel v{version}", [tunnel_bundle.protect(p, now=0.0) for p in packets],
+            [esp_plaintext(p, mode="transport") for p in packets])
         frag = make_sa("esp", "aes128gcm16", Mode.TUNNEL, version, mtu=1280)
         esp_configs.append(frag.config)
         s = scapy_all
@@ -119,10 +132,11 @@ def production() -> tuple[list[tuple[str, bytes]], list]:
         else:
             big = bytes(s.IPv6(src="2001:db8:1::10", dst="2001:db8:3::30") / s.UDP(sport=40001, dport=5001)
                         / (b"f" * 1200))
-        out += [(f"esp fragment v{version}", w) for w in frag.protect_wire(big)]
+        wires = frag.protect_wire(big, now=0.0)
+        add(f"esp fragment v{version}", wires, [esp_plaintext(big, mode="tunnel")] * len(wires))
         ah_frag = make_sa("ah", "sha256", Mode.TUNNEL, version, mtu=1280)
-        out += [(f"ah fragment v{version}", w) for w in ah_frag.protect_wire(big)]
-    return out, esp_configs
+        add(f"ah fragment v{version}", ah_frag.protect_wire(big, now=0.0))
+    return out, esp_configs, plain
 
 
 def write_pcap(path: Path, packets: list[bytes], linktype: int = LINKTYPE_RAW) -> None:
@@ -147,7 +161,7 @@ def tshark(pcap: Path, fields: list[str], *, config_dir: Path) -> list[list[str]
 
 @pytest.mark.parametrize("linktype", [LINKTYPE_RAW, LINKTYPE_ETHERNET], ids=["rawip", "ethernet"])
 def test_tshark_dissects_everything_we_produce(tmp_path, linktype):
-    produced, esp_configs = production()
+    produced, esp_configs, plaintexts = production()
     pcap = tmp_path / "ours.pcap"
     write_pcap(pcap, [p for _, p in produced], linktype)
     # With the ESP keys, so the decrypted payloads are dissected (and checked) too.
@@ -160,8 +174,11 @@ def test_tshark_dissects_everything_we_produce(tmp_path, linktype):
                            "_ws.expert.message", "esp.icv_good", "ip.flags.mf", "ipv6.fraghdr.more"],
                     config_dir=config_dir)
     assert len(result) == len(produced)
-    fragments_seen = 0
-    for (what, _), (protocols, malformed, severity, message, icv_good, mf, more) in zip(produced, result):
+    decrypted = tshark_decrypted(pcap, config_dir=config_dir)
+    assert len(decrypted) == len(produced)
+    fragments_seen = checked = 0
+    for (what, _), (protocols, malformed, severity, message, icv_good, mf, more), found, plaintext in zip(
+            produced, result, decrypted, plaintexts):
         assert not malformed, f"{what}: {protocols}: {message}"
         severities = [int(s) for s in severity.split(",") if s]
         assert all(s < WARNING for s in severities), f"{what}: {message}"
@@ -180,9 +197,13 @@ def test_tshark_dissects_everything_we_produce(tmp_path, linktype):
                 assert {"udp", "icmp", "icmpv6"} & set(after), f"{what}: not decrypted: {protocols}"
                 if "null" not in what:
                     assert icv_good == "1", f"{what}: ICV not good"
+                assert len(found) == 1, f"{what}: {len(found)} decrypted data sources"
+                assert_plaintext(found[0], *plaintext, what=what)
+                checked += 1
         if "in ah" in what:
             assert layers.index("ah") < layers.index("esp")
     assert fragments_seen == 4
+    assert checked == sum(p is not None for p in plaintexts) - 2     # fragments: the last one shows it
 
 
 def test_tshark_reads_our_ah_fields(tmp_path):
@@ -193,7 +214,7 @@ def test_tshark_reads_our_ah_fields(tmp_path):
                                     ("sha384", 4, Mode.TRANSPORT), ("aescmac", 4, Mode.TUNNEL)]:
         sa = make_sa("ah", proposal, mode, version)
         for n in range(2):
-            cases.append((sa, version, mode, sa.protect(inner_packets(version)[0])))
+            cases.append((sa, version, mode, sa.protect(inner_packets(version)[0], now=0.0)))
     pcap = tmp_path / "ah.pcap"
     write_pcap(pcap, [w for *_, w in cases])
     rows = tshark(pcap, ["ah.next_header", "ah.length", "ah.spi", "ah.sequence", "ah.icv"],
@@ -241,10 +262,10 @@ def test_esp_inside_ah_decrypts_from_the_esp_row(tmp_path):
     sa_file = _sa_file(tmp_path / "bundle.toml", tables)
     from ipsec_core.config import load_sa_file
     ah_cfg, esp_cfg = load_sa_file(sa_file)
-    bundle = SaBundle(SecurityAssociation(ah_cfg), SecurityAssociation(esp_cfg))
+    bundle = SaBundle(SecurityAssociation(ah_cfg, now=0.0), SecurityAssociation(esp_cfg, now=0.0))
     packets = inner_packets(4)
     pcap = tmp_path / "bundle.pcap"
-    write_pcap(pcap, [bundle.protect(p) for p in packets])
+    write_pcap(pcap, [bundle.protect(p, now=0.0) for p in packets])
     config_dir = tmp_path / "ws"
     result = CliRunner().invoke(app, ["wireshark-keys", "-c", str(sa_file), "--write-config",
                                       str(config_dir)])
@@ -254,3 +275,7 @@ def test_esp_inside_ah_decrypts_from_the_esp_row(tmp_path):
     rows = tshark(pcap, ["frame.protocols", "esp.icv_good", "_ws.malformed"], config_dir=config_dir)
     assert [r[1] for r in rows] == ["1"] * len(packets)
     assert all(r[0].startswith("raw:ip:ah:ip:esp:") and not r[2] for r in rows)
+    decrypted = tshark_decrypted(pcap, config_dir=config_dir)
+    assert [len(found) for found in decrypted] == [1] * len(packets)
+    for found, p in zip(decrypted, packets):
+        assert_plaintext(found[0], *esp_plaintext(p, mode="transport"))

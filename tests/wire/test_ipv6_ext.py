@@ -150,8 +150,8 @@ def esp_pair(keyword: str = "aes128gcm16"):
     common = dict(spi=0x00E51234, mode=Mode.TRANSPORT, proposal=prop,
                   enc_key=KEY[:prop.enc_key_bytes] if prop.enc_key_bytes else b"",
                   integ_key=INTEG if prop.integ_info else b"")
-    return (SecurityAssociation(SaConfig(name="o", direction=Direction.OUT, **common), registry=REGISTRY),
-            SecurityAssociation(SaConfig(name="i", direction=Direction.IN, **common), registry=REGISTRY))
+    return (SecurityAssociation(SaConfig(name="o", direction=Direction.OUT, **common), registry=REGISTRY, now=0.0),
+            SecurityAssociation(SaConfig(name="i", direction=Direction.IN, **common), registry=REGISTRY, now=0.0))
 
 
 def walk_route(wire: bytes) -> bytes:
@@ -174,14 +174,14 @@ def test_esp_transport_with_extension_headers(name):
     out, inb = esp_pair()
     pkt = build(name)
     plain = raw(pkt)
-    wire = out.protect(plain)
+    wire = out.protect(plain, now=0.0)
     off, nh_at, _ = ipv6_split(plain)
     # Everything before ESP is kept but the payload length and the one next-header byte.
     same = lambda b: b[:4] + b[6:nh_at] + b[nh_at + 1:off]  # noqa: E731
     assert same(wire) == same(plain) and wire[nh_at] == IPPROTO_ESP
     assert IPv6(wire).plen == len(wire) - 40
     assert wire[off:off + 4] == (0x00E51234).to_bytes(4, "big")
-    assert inb.unprotect(wire) == plain
+    assert inb.unprotect(wire, now=0.0) == plain
     # scapy decrypts it too, once the routing header has been walked.  (scapy re-parses the
     # decrypted payload as whatever the fixed header's next header names, so behind extension
     # headers its layers are wrong while its bytes are right: compare re-parsed bytes.)
@@ -198,17 +198,17 @@ def test_we_unprotect_esp_after_lone_destination_options():
     tx = ScapySA(ESP, spi=0x00E51234, crypt_algo="NULL", auth_algo="SHA2-256-128", auth_key=INTEG)
     wire = raw(tx.encrypt(pkt))
     assert IPv6(wire)[IPv6ExtHdrDestOpt].nh == IPPROTO_ESP
-    assert inb.unprotect(wire) == raw(pkt)
+    assert inb.unprotect(wire, now=0.0) == raw(pkt)
 
 
 def test_esp_refuses_ipv6_fragments_inbound():
     out, inb = esp_pair()
-    wire = out.protect(raw(build("hbh")))
+    wire = out.protect(raw(build("hbh")), now=0.0)
     frag = bytearray(wire[:48] + bytes((IPPROTO_ESP, 0, 0, 1)) + (99).to_bytes(4, "big") + wire[48:])
     frag[40] = FRAG                                  # hop-by-hop -> fragment header
     frag[4:6] = (len(frag) - 40).to_bytes(2, "big")
     with pytest.raises(PacketDropped) as exc:
-        inb.unprotect(bytes(frag))
+        inb.unprotect(bytes(frag), now=0.0)
     assert exc.value.reason is DropReason.MALFORMED and "reassemble" in str(exc.value)
     assert inb.stats.drops == {"malformed": 1}
 
@@ -218,7 +218,7 @@ def test_sad_finds_esp_behind_extension_headers():
     sad = Sad()
     sad.add(inb)
     for name in ("full", "hbh-dest", "dest-rt-dest"):
-        sa, inner = sad.unprotect(walk_route(out.protect(raw(build(name)))))
+        sa, inner = sad.unprotect(walk_route(out.protect(raw(build(name)), now=0.0)), now=0.0)
         assert sa is inb and IPv6(inner)[UDP].load == b"payload-" * 5
 
 

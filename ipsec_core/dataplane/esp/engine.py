@@ -102,7 +102,7 @@ class EspEngine:
     # ------------------------------------------------------------------------------------
     # outbound
     # ------------------------------------------------------------------------------------
-    def protect(self, packet: bytes, now: float | None) -> bytes:
+    def protect(self, packet: bytes, now: float) -> bytes:
         sa = self.sa
         seq = sa.next_seq(now)
         if not packet:
@@ -234,7 +234,7 @@ class EspEngine:
                  + (UDP_HEADER_BYTES if self.encap else 0))
         return max(0, (mtu - fixed) // self.block * self.block - 2)
 
-    def dummy(self, size: int | None, now: float | None) -> bytes:
+    def dummy(self, size: int | None, now: float) -> bytes:
         """A dummy packet (RFC 4303 2.6): next header 59, `size` random bytes of payload (by
         default as long as TFC padding makes every packet), the next sequence number."""
         sa = self.sa
@@ -266,7 +266,7 @@ class EspEngine:
     # ------------------------------------------------------------------------------------
     # inbound
     # ------------------------------------------------------------------------------------
-    def unprotect(self, packet: bytes, now: float | None) -> bytes:
+    def unprotect(self, packet: bytes, now: float) -> bytes:
         sa = self.sa
         if not packet:
             raise PacketDropped(DropReason.MALFORMED, "empty packet")
@@ -387,24 +387,24 @@ class EspEngine:
     # ------------------------------------------------------------------------------------
     # batches
     # ------------------------------------------------------------------------------------
-    def protect_batch(self, packets: list[bytes], now: float | None) -> list[bytes]:
+    def protect_batch(self, packets: list[bytes], now: float) -> list[bytes]:
         if self._offload:
             return esp_offload.protect_batch(self, packets, now)
         if self._fast_protect is not None:
             return self._fast_protect(packets, now)
         return self.protect_batch_generic(packets, now)
 
-    def unprotect_batch(self, packets: list[bytes], now: float | None) -> list:
+    def unprotect_batch(self, packets: list[bytes], now: float) -> list:
         if self._offload:
             return esp_offload.unprotect_batch(self, packets, now)
         if self._fast_unprotect is not None:
             return self._fast_unprotect(packets, now)
         return self.unprotect_batch_generic(packets, now)
 
-    def protect_batch_generic(self, packets: list[bytes], now: float | None) -> list[bytes]:
+    def protect_batch_generic(self, packets: list[bytes], now: float) -> list[bytes]:
         return protect_each(self.protect, packets, now)
 
-    def unprotect_batch_generic(self, packets: list[bytes], now: float | None) -> list:
+    def unprotect_batch_generic(self, packets: list[bytes], now: float) -> list:
         return unprotect_each(self.unprotect, packets, now)
 
 

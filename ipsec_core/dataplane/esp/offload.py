@@ -58,7 +58,7 @@ class _Answers:
         return result
 
 
-def protect_batch(engine, packets: list[bytes], now: float | None) -> list[bytes]:
+def protect_batch(engine, packets: list[bytes], now: float) -> list[bytes]:
     real = engine.aead
     recorder = _Recorder(real.tag_bytes)
     engine.aead = recorder
@@ -93,7 +93,7 @@ def _udp6_offset(packet: bytes) -> int:
     return start
 
 
-def unprotect_batch(engine, packets: list[bytes], now: float | None) -> list:
+def unprotect_batch(engine, packets: list[bytes], now: float) -> list:
     real = engine.aead
     # Phase 1: what the generic path would hand to decrypt, for packets the window admits now.
     nonces, datas, aads = [], [], []
