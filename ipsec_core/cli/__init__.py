@@ -1,8 +1,9 @@
 """The `ipsec` command line (typer).
 
 Owns: the command names and options users type (`backends`, `selftest`, `pcap protect`,
-`pcap unprotect`, `wireshark-keys`, `perf`) and the rule that errors are one line on stderr with a
-non-zero exit (see `_common.handle_errors`).  `--json` output goes to stdout, for scripts.
+`pcap unprotect`, `wireshark-keys`, `perf`, `up`, `demo`) and the rule that errors are one line
+on stderr with a non-zero exit (see `_common.handle_errors`).  `--json` output goes to stdout,
+for scripts.
 Must not: hold data-plane logic; commands call the library and report.
 """
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import typer
 
 from ipsec_core.cli import backends as _backends
+from ipsec_core.cli import demo as _demo
 from ipsec_core.cli import pcap as _pcap
 from ipsec_core.cli import perf as _perf
 from ipsec_core.cli import plugins as _plugins
+from ipsec_core.cli import up as _up
 from ipsec_core.cli import wireshark as _wireshark
 
 app = typer.Typer(
@@ -31,6 +34,8 @@ app.add_typer(_pcap.app, name="pcap")
 app.command("wireshark-keys")(_wireshark.wireshark_keys)
 app.command("perf")(_perf.perf)
 app.command("plugins")(_plugins.plugins)
+app.command("up")(_up.up)
+app.command("demo")(_demo.demo)
 
 
 def main() -> None:
