@@ -35,8 +35,8 @@ from ipsec_core.ike.constants import (ExchangeType, IdType, IkeFlags, NotifyType
                                       ProtocolId, TransformType)
 from ipsec_core.ike.events import (ChildSaDeleted, ChildSaFailed, ChildSaInstalled, Datagram,
                                    Event, IkeSaDeleted, IkeSaEstablished, IkeSaFailed)
-from ipsec_core.ike.keymat import (IkeCrypto, IkeKeys, SkProtector, auth_equal, child_keymat,
-                                   derive_ike_keys, psk_auth)
+from ipsec_core.ike.auth import init_payloads, make_authenticator
+from ipsec_core.ike.keymat import IkeCrypto, IkeKeys, SkProtector, child_keymat, derive_ike_keys
 from ipsec_core.ike.payloads import (AuthPayload, DeletePayload, IdiPayload, IdPayload, IdrPayload,
                                      KePayload, Message, NoncePayload, NotifyPayload, Proposal,
                                      RemoteIkeError, SaPayload, SkPayload, TrafficSelector, TsiPayload,
@@ -49,8 +49,6 @@ from ipsec_core.transforms.keywords import parse_esp
 log = logging.getLogger("ipsec.ike")
 
 NONCE_BYTES = 32
-#: RFC 7296 2.15, AUTH method 2.
-AUTH_SHARED_KEY_MIC = 2
 #: How often an initiator retries IKE_SA_INIT after COOKIE / INVALID_KE_PAYLOAD answers.
 MAX_INIT_RETRIES = 5
 
@@ -307,7 +305,7 @@ class IkeSession:
         child.rekeying = True
         self._queue(lambda t: self._send_create_child(child.config, child, now=t), now=now)
 
-    def delete_child(self, spi_in: int, *, now: float) -> None:
+    def delete_child(self, spi_in: int, *, now: float, reason: str = "deleted") -> None:
         child = self.children.get(spi_in)
         if child is None or child.deleting:
             return
@@ -316,7 +314,7 @@ class IkeSession:
         def send(t: float) -> None:
             payload = DeletePayload(ProtocolId.ESP, 4, (struct.pack("!I", child.spi_in),))
             self._send_request(ExchangeType.INFORMATIONAL, [payload],
-                               lambda m, p, tt: self._remove_child(child, "deleted", now=tt), now=t)
+                               lambda m, p, tt: self._remove_child(child, reason, now=tt), now=t)
         self._queue(send, now=now)
 
     def delete(self, *, now: float) -> None:
@@ -497,7 +495,7 @@ class IkeSession:
         if self._cookie:
             payloads.append(NotifyPayload(NotifyType.COOKIE, self._cookie))
         payloads += [SaPayload(tuple(proposals)), KePayload(self._ke.group, self._ke.public_bytes),
-                     NoncePayload(self._ni), *self._nat_notifies(bytes(8))]
+                     NoncePayload(self._ni), *self._nat_notifies(bytes(8)), *init_payloads(self.config)]
         self._next_mid = 0
         self._send_request(ExchangeType.IKE_SA_INIT, payloads, self._on_init_response, now=now)
         self._init_request = self._request.data
@@ -581,6 +579,7 @@ class IkeSession:
             self._fail(f"no backend for {suite.keyword}: {exc}", None, now=now)
             return False
         self.suite, self.keys = suite, keys
+        self._auth = make_authenticator(self.config, self.crypto)
         return True
 
     def respond_init(self, msg: Message, data: bytes, *, now: float) -> bool:
@@ -619,7 +618,7 @@ class IkeSession:
         self._init_request = data
         self._set_state(IkeState.INIT_ANSWERED)
         response = [SaPayload((chosen,)), KePayload(self._ke.group, self._ke.public_bytes),
-                    NoncePayload(self._nr), *self._nat_notifies(self.spi_r)]
+                    NoncePayload(self._nr), *self._nat_notifies(self.spi_r), *init_payloads(self.config)]
         self._init_response = serialize_message(Message(
             self.spi_i, self.spi_r, ExchangeType.IKE_SA_INIT, self._flags(True), msg.message_id,
             tuple(response)))
@@ -636,14 +635,25 @@ class IkeSession:
         return False
 
     # -- IKE_AUTH ------------------------------------------------------------------------
-    def _auth_data(self, *, ours: bool, id_payload: IdPayload) -> bytes:
+    def _signed_octets(self, *, ours: bool, id_payload: IdPayload) -> bytes:
+        """What an AUTH covers (RFC 7296 2.15): the signer's IKE_SA_INIT message, the peer's
+        nonce, and prf(SK_p, RestOfIDPayload) with the signer's SK_p."""
         k = self.keys
         if ours == self.initiator:      # the initiator's AUTH
             message, nonce, sk_p = self._init_request, self._nr, k.sk_pi
         else:
             message, nonce, sk_p = self._init_response, self._ni, k.sk_pr
-        return psk_auth(self.crypto, psk=self.config.psk, message=message, nonce=nonce, sk_p=sk_p,
-                        id_body=id_payload.encode_body())
+        return message + nonce + self.crypto.prf(sk_p, id_payload.encode_body())
+
+    def _proof(self, id_payload: IdPayload) -> list:
+        return self._auth.local_payloads(signed_octets=self._signed_octets(ours=True, id_payload=id_payload),
+                                         id_payload=id_payload)
+
+    def _check_proof(self, payloads: list, id_payload: IdPayload) -> str | None:
+        if not _id_matches(self.config.remote_id, id_payload):
+            return f"identity {id_text(id_payload)} is not {self.config.remote_id}"
+        return self._auth.verify(payloads, id_payload=id_payload,
+                                 signed_octets=self._signed_octets(ours=False, id_payload=id_payload))
 
     def _child_proposals(self, config: ChildConfig, spi_in: int, group_of: list | None = None) -> list[Proposal]:
         spi = struct.pack("!I", spi_in)
@@ -665,7 +675,7 @@ class IkeSession:
         payloads: list = [idi]
         if self.config.remote_id and self.config.remote_id != "%any":
             payloads.append(_id_payload(IdrPayload, self.config.remote_id, self.remote[0]))
-        payloads.append(AuthPayload(AUTH_SHARED_KEY_MIC, self._auth_data(ours=True, id_payload=idi)))
+        payloads += self._proof(idi)
         child = self._first_child()
         if child is not None:
             req = _ChildRequest(child, self._new_spi())
@@ -686,10 +696,10 @@ class IkeSession:
                 else "IKE_AUTH response without IDr or AUTH"
             self._fail(why, NotifyType.AUTHENTICATION_FAILED, now=now)
             return
-        if auth.method != AUTH_SHARED_KEY_MIC or not _id_matches(self.config.remote_id, idr) or \
-                not auth_equal(auth.data, self._auth_data(ours=False, id_payload=idr)):
-            self._fail(f"responder {id_text(idr)} failed authentication", NotifyType.AUTHENTICATION_FAILED,
-                       now=now)
+        why = self._check_proof(payloads, idr)
+        if why is not None:
+            self._fail(f"responder {id_text(idr)} failed authentication: {why}",
+                       NotifyType.AUTHENTICATION_FAILED, now=now)
             return
         self._remote_id = id_text(idr)
         self._set_state(IkeState.ESTABLISHED)
@@ -710,15 +720,15 @@ class IkeSession:
             self._respond(msg, [NotifyPayload(NotifyType.INVALID_SYNTAX)], now=now)
             self._fail("IKE_AUTH request without IDi or AUTH", NotifyType.INVALID_SYNTAX, now=now)
             return
-        if auth.method != AUTH_SHARED_KEY_MIC or not _id_matches(self.config.remote_id, idi) or \
-                not auth_equal(auth.data, self._auth_data(ours=False, id_payload=idi)):
+        why = self._check_proof(payloads, idi)
+        if why is not None:
             self._respond(msg, [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)], now=now)
-            self._fail(f"initiator {id_text(idi)} failed authentication", NotifyType.AUTHENTICATION_FAILED,
-                       now=now)
+            self._fail(f"initiator {id_text(idi)} failed authentication: {why}",
+                       NotifyType.AUTHENTICATION_FAILED, now=now)
             return
         self._remote_id = id_text(idi)
         idr = _id_payload(IdrPayload, self.config.local_id, self.local[0])
-        response: list = [idr, AuthPayload(AUTH_SHARED_KEY_MIC, self._auth_data(ours=True, id_payload=idr))]
+        response: list = [idr, *self._proof(idr)]
         self._set_state(IkeState.ESTABLISHED)
         if any(isinstance(p, SaPayload) for p in payloads):
             response += self._answer_child(payloads, ni=self._ni, nr=self._nr, rekey_of=None, now=now)
@@ -828,7 +838,7 @@ class IkeSession:
                             local_ts=tsi.selectors, remote_ts=tsr.selectors, rekey_of=req.rekey_of, now=now)
         self._flush_child_events()
         if req.rekey_of is not None:
-            self.delete_child(req.rekey_of.spi_in, now=now)
+            self.delete_child(req.rekey_of.spi_in, now=now, reason="rekeyed")
 
     def _install_child(self, config: ChildConfig, keyword: str, *, spi_in: int, spi_out: int,
                        ni: bytes, nr: bytes, shared: bytes, local_ts, remote_ts,
@@ -963,7 +973,7 @@ class IkeSession:
                     continue
                 if not child.deleting:
                     answer_spis.append(struct.pack("!I", child.spi_in))
-                self._remove_child(child, "deleted by peer", now=now)
+                self._remove_child(child, "rekeyed" if child.rekeying else "deleted by peer", now=now)
         response = [DeletePayload(ProtocolId.ESP, 4, tuple(answer_spis))] if answer_spis else []
         self._respond(msg, response, now=now)
 

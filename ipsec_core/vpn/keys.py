@@ -4,7 +4,7 @@ as strongSwan's save-keys plugin writes them, so tshark decrypts the IKE exchang
 Owns: `KeyTables` (the folder, its files, what went into them) and the IKEv2 algorithm labels
 of Wireshark 4.0's `ikev2_decryption_table` (packet-isakmp.c value strings, checked with
 `strings libwireshark.so.16` against Debian 12's tshark 4.0.17).  ESP rows come from
-`ipsec_core.cli.wireshark.esp_sa_rows`, the same rows `ipsec wireshark-keys` prints.
+`ipsec_core.tools.wireshark.esp_sa_rows`, the same rows `ipsec wireshark-keys` prints.
 Must not: log a key, or leave a key file readable by others: every file is written 0600, the
 folder is made 0700, and each rewrite goes through a temporary file renamed into place.
 
@@ -25,8 +25,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ipsec_core.cli.wireshark import (UAT_HEADER, WIRESHARK_PREFERENCES, WIRESHARK_UDPENCAP_PORT,
-                                      EspSaRow, esp_sa_rows)
+from ipsec_core.tools.wireshark import (UAT_HEADER, WIRESHARK_PREFERENCES, WIRESHARK_UDPENCAP_PORT,
+                                        EspSaRow, esp_sa_rows)
 
 log = logging.getLogger("ipsec")
 

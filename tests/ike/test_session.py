@@ -143,8 +143,8 @@ def test_establish_traffic_rekey_delete(ike, esp):
     assert len(pair.of("a", ChildSaInstalled)) == len(pair.of("b", ChildSaInstalled)) == 2
     new = pair.of("a", ChildSaInstalled)[-1]
     assert new.rekeyed == (installed.inbound.spi, installed.outbound.spi)
-    assert {e.inbound_spi for e in pair.of("a", ChildSaDeleted)} == {installed.inbound.spi}
-    assert {e.inbound_spi for e in pair.of("b", ChildSaDeleted)} == {installed.outbound.spi}
+    assert [(e.inbound_spi, e.reason) for e in pair.of("a", ChildSaDeleted)] == [(installed.inbound.spi, "rekeyed")]
+    assert [(e.inbound_spi, e.reason) for e in pair.of("b", ChildSaDeleted)] == [(installed.outbound.spi, "rekeyed")]
     traffic(pair)
     pair.a.close(now=pair.now)
     pair.pump()

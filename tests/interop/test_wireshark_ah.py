@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 
 from ipsec_core.dataplane.bundle import SaBundle
 from ipsec_core.cli import app
-from ipsec_core.cli.wireshark import esp_sa_rows, preferences_text, uat_text
+from ipsec_core.tools.wireshark import esp_sa_rows, preferences_text, uat_text
 from ipsec_core.vpn.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapHeader, PcapRecord, PcapWriter
 from ipsec_core.transforms.keywords import parse_ah, parse_esp
 from ipsec_core.dataplane.sa import Direction, Mode, SaConfig, SecurityAssociation
