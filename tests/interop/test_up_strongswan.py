@@ -242,11 +242,14 @@ def test_tshark_decrypts_a_capture_of_the_demo(tmp_path):
         dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "--immediate-mode", "-i", "lo", "-U", "-w", str(capture), "udp"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            listening = dump.stderr.readline()             # "listening on lo, ...": capturing now
-            assert "listening on" in listening, listening + dump.stderr.read()
+            seen = ""
+            while "listening on" not in seen:              # "listening on lo, ...": capturing now
+                line = dump.stderr.readline()
+                assert line, seen + dump.stderr.read()
+                seen += line
             demo = ss.run([sys.executable, "-m", "ipsec_core.cli", "demo", "--json", "--save-keys", str(keys)],
                           netns=ns, timeout=60)
-            time.sleep(0.5)
+            time.sleep(1.0)
         finally:
             dump.send_signal(signal.SIGINT)
             dump.wait(10)
@@ -269,7 +272,7 @@ def test_tshark_decrypts_a_capture_of_the_demo(tmp_path):
     # every ESP packet decrypted, ICV checked good, the inner UDP of the demo inside
     esp = tshark("-Y", "esp", "-T", "fields", "-e", "esp.spi", "-e", "esp.icv_good", "-e", "ip.dst").splitlines()
     sent = result["packets"]["initiator_to_responder"] + result["packets"]["responder_to_initiator"]
-    assert len(esp) == sent
+    assert len(esp) == sent, (esp, dump.stderr.read(), tshark())
     assert all(line.split("\t")[1] == "1" for line in esp), esp
     assert all("203.0.113.1" in line or "198.51.100.1" in line for line in esp)
     assert tshark("-Y", "_ws.malformed || _ws.expert.severity >= warning") == ""
