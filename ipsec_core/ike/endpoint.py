@@ -20,8 +20,9 @@ from ipsec_core.ike.config import IkeConfig
 from ipsec_core.ike.constants import ExchangeType, IkeFlags, NotifyType
 from ipsec_core.ike.events import Datagram, Event
 from ipsec_core.ike.keymat import IkeKeys
-from ipsec_core.ike.payloads import (Message, NoncePayload, NotifyPayload, RemoteIkeError,
-                                     parse_message, pull_ike_header, serialize_message)
+from ipsec_core.ike.payloads import (InvalidMajorVersion, Message, NoncePayload, NotifyPayload,
+                                     RemoteIkeError, UnsupportedCriticalPayload, parse_message,
+                                     pull_ike_header, serialize_message)
 from ipsec_core.ike.session import IkeSession, IkeState
 
 log = logging.getLogger("ipsec.ike")
@@ -119,6 +120,9 @@ class IkeEndpoint:
         self._rotate(now)
         try:
             header = pull_ike_header(data)
+        except InvalidMajorVersion:
+            self._refuse_version(data, remote=remote, local=local, nat_t=nat_t)
+            return
         except RemoteIkeError:
             self.ignored += 1
             return
@@ -205,9 +209,29 @@ class IkeEndpoint:
         return any(hmac.compare_digest(given, self._cookie(s, msg, remote))
                    for s in (self._secret, self._old_secret) if s)
 
+    def _refuse_version(self, data: bytes, *, remote, local, nat_t) -> None:
+        """RFC 7296 2.5: a request of a higher major version gets an unauthenticated
+        INVALID_MAJOR_VERSION notify carrying the version we speak (2.0).  Only an
+        IKE_SA_INIT request is answered, so that stray bytes are not reflected; anything else is
+        ignored."""
+        if len(data) < 28 or data[19] & IkeFlags.RESPONSE or data[18] != ExchangeType.IKE_SA_INIT \
+                or data[8:16] != bytes(8):
+            self.ignored += 1
+            return
+        flags = (0 if data[19] & IkeFlags.INITIATOR else IkeFlags.INITIATOR) | IkeFlags.RESPONSE
+        self._out.append(Datagram(serialize_message(Message(
+            data[:8], data[8:16], data[18], flags, int.from_bytes(data[20:24], "big"),
+            (NotifyPayload(NotifyType.INVALID_MAJOR_VERSION),))), remote, local, nat_t))
+
     def _new_responder(self, data: bytes, *, remote, local, nat_t, now) -> None:
         try:
             msg = parse_message(data)
+        except UnsupportedCriticalPayload as exc:
+            # RFC 7296 2.5: refuse the whole message, naming the payload type (unauthenticated).
+            self._out.append(Datagram(serialize_message(Message(
+                data[:8], bytes(8), ExchangeType.IKE_SA_INIT, IkeFlags.RESPONSE, 0,
+                (NotifyPayload(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, exc.data),))), remote, local, nat_t))
+            return
         except RemoteIkeError as exc:
             self.ignored += 1
             log.debug("malformed IKE_SA_INIT from %s ignored: %s", remote, exc)

@@ -314,3 +314,33 @@ def test_state_table_refuses_unknown_transitions():
     session = pair.a.initiate("a", now=0.0)
     with pytest.raises(RuntimeError, match="no transition"):
         session._set_state(IkeState.ESTABLISHED)
+
+
+def test_higher_major_version_gets_invalid_major_version():
+    pair = Pair(config("a", initiator=True), config("b", initiator=False))
+    pair.a.initiate("a", now=0.0)
+    [init] = pair.a.datagrams_to_send(now=0.0)
+    data = bytearray(init.data)
+    data[17] = 0x30                                   # IKE version 3.0
+    pair.b.receive_datagram(bytes(data), remote=init.local, local=init.remote, nat_t=False, now=0.0)
+    [answer] = pair.b.datagrams_to_send(now=0.0)
+    assert answer.data[17] == 0x20 and answer.data[19] & 0x20            # ours is 2.0, a response
+    from ipsec_core.ike.payloads import parse_message
+    [notify] = parse_message(answer.data).payloads
+    assert notify.notify_type == NotifyType.INVALID_MAJOR_VERSION
+    assert not pair.b.sessions()
+
+
+def test_unknown_critical_payload_in_ike_sa_init_is_refused():
+    from ipsec_core.ike.payloads import UnknownPayload, parse_message, serialize_message
+    pair = Pair(config("a", initiator=True), config("b", initiator=False))
+    pair.a.initiate("a", now=0.0)
+    [init] = pair.a.datagrams_to_send(now=0.0)
+    msg = parse_message(init.data)
+    critical = serialize_message(type(msg)(msg.spi_i, msg.spi_r, msg.exchange_type, msg.flags,
+                                           msg.message_id, msg.payloads + (UnknownPayload(200, b"x", True),)))
+    pair.b.receive_datagram(critical, remote=init.local, local=init.remote, nat_t=False, now=0.0)
+    [answer] = pair.b.datagrams_to_send(now=0.0)
+    [notify] = parse_message(answer.data).payloads
+    assert (notify.notify_type, notify.data) == (NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([200]))
+    assert not pair.b.sessions()
