@@ -29,11 +29,15 @@ def parse_hex(value: Any, *, file: str | None, key: str) -> bytes:
     if text.startswith("0x"):
         text = text[2:]
     text = re.sub(r"[\s:]", "", text)
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(f"{value!r} is not hex (digits 0-9a-f, optionally 0x and ':' separators)",
-                          file=file, key=key) from None
+    # The value is a key: errors say where it is wrong, never what it is.
+    bad = next((i for i, ch in enumerate(text) if ch not in "0123456789abcdef"), None)
+    if bad is not None:
+        raise ConfigError(f"not hex: character {bad + 1} of the digits is not 0-9a-f (optionally "
+                          "0x and ':' separators)", file=file, key=key)
+    if len(text) % 2:
+        raise ConfigError(f"{len(text)} hex digits, an odd number: a key is whole bytes",
+                          file=file, key=key)
+    return bytes.fromhex(text)
 
 
 def parse_spi(value: Any, *, file: str | None, key: str) -> int:
@@ -200,6 +204,11 @@ def load_sa_file(path: str | Path, *, catalog=None) -> list[SaConfig]:
     tables = data.get("sa")
     if not isinstance(tables, list) or not tables:
         raise ConfigError("no [[sa]] table", file=file, key="sa")
+    keyed = [i for i, raw in enumerate(tables) if isinstance(raw, dict)
+             and ("key" in raw or "integrity_key" in raw)]
+    if keyed:
+        from ipsec_core.connections import warn_if_open_to_others
+        warn_if_open_to_others(path, f"holds keys (sa[{keyed[0]}])")
     out: list[SaConfig] = []
     seen: set[str] = set()
     for i, raw in enumerate(tables):

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from typing import Any, Callable, NoReturn, TypeVar
 
 import typer
@@ -57,6 +58,12 @@ def handle_errors(func: F) -> F:
     """
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            # Library warnings (a key file open to others, a short PSK) as one line each.
+            warnings.showwarning = lambda message, *_a, **_k: warn(str(message))
+            return guarded(*args, **kwargs)
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except _FRAMEWORK_EXITS:

@@ -261,5 +261,10 @@ class AhEngine:
     def unprotect_batch(self, packets: list[bytes], now: float) -> list:
         return unprotect_each(self.unprotect, packets, now)
 
+    def wipe(self) -> None:
+        """Drop the keyed primitives and the salt (`SecurityAssociation.wipe`, best effort)."""
+        self.aead = self.mac = None
+        self.salt = b""
+
 
 __all__ = ["AhEngine"]

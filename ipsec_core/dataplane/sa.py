@@ -9,6 +9,12 @@ step 4), when the config carries them.
 Must not: do I/O or read a clock.  Time only arrives as `now` (seconds on any monotonic clock),
 a required argument of every method that needs it: the caller (a driver, the CLI, a test) owns
 the clock.
+
+Keys never appear in a repr.  `SecurityAssociation.wipe()`, for a deleted SA, is best effort:
+Python cannot overwrite the immutable `bytes` a config was built from, nor the copies a backend
+keeps inside its keyed objects; the SA drops every reference it holds to key material and to
+its keyed primitives (so they can be freed), zeroes the buffers it owns, and refuses all further
+use.  Whoever created the `SaConfig` holds its own reference to the keys.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import enum
 import ipaddress
 import secrets
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ipsec_core.errors import (ConfigError, DropReason, LifetimeExpired, LocalError, PacketDropped,
                                PacketTooBig, SequenceOverflow)
@@ -90,8 +96,8 @@ class SaConfig:
     direction: Direction
     mode: Mode
     proposal: EspProposal | AhProposal
-    enc_key: bytes = b""
-    integ_key: bytes = b""
+    enc_key: bytes = field(default=b"", repr=False)
+    integ_key: bytes = field(default=b"", repr=False)
     local: IpAddress | None = None
     remote: IpAddress | None = None
     protocol: str = "esp"
@@ -418,6 +424,19 @@ class SecurityAssociation:
                     verdict = drop
             out.append(verdict)
         return out
+
+    def wipe(self) -> None:
+        """Forget the keys of a deleted SA (best effort: see the module docstring).  Every later
+        protect raises LifetimeExpired and every later unprotect drops the packet as
+        "sa_expired"."""
+        self.hard_expired = "deleted, keys wiped"
+        self.engine.wipe()
+        self.config = replace(self.config, enc_key=b"", integ_key=b"")
+
+    @property
+    def wiped(self) -> bool:
+        return self.config.enc_key == b"" and self.config.integ_key == b"" and \
+            self.hard_expired == "deleted, keys wiped"
 
     def state(self) -> tuple:
         """A comparable snapshot of everything the data plane changes (for tests and batch checks)."""

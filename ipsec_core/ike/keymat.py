@@ -6,6 +6,10 @@ ICV (3.14), AES-GCM (RFC 5282) and ChaCha20-Poly1305 (RFC 7634).  Every primitiv
 the crypto registry; the rules (key lengths, nonces, IVs, padding, what the ICV covers) live
 here.
 Must not: hold session state or do I/O.  Keys never appear in a repr.
+
+`SkProtector.wipe()`, for a deleted IKE SA, is best effort: Python cannot overwrite the
+immutable `bytes` the keys were derived into, nor a backend's internal copies; the protector
+drops its keyed primitives and salts and refuses to seal or open afterwards.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import hmac
 import struct
 from dataclasses import dataclass, field
 
-from ipsec_core.errors import AuthenticationError
+from ipsec_core.errors import AuthenticationError, LocalError
 from ipsec_core.ike.proposals import IkeSuite
 
 _KEY_PAD = b"Key Pad for IKEv2"
@@ -138,6 +142,7 @@ class SkProtector:
         reg, backend = crypto.registry, crypto.backend_name
         out_e, in_e = encr_key
         self._iv_counter = 0
+        self.wiped = False
         if suite.aead:
             salt = suite.encr.salt_bytes
             family, bits, icv = suite.encr.family, suite.key_bits, suite.encr.icv_bytes
@@ -160,6 +165,13 @@ class SkProtector:
             self.iv_bytes, self.icv_bytes, self.block = suite.encr.iv_bytes, integ.icv_bytes, suite.encr.block_bytes
         self.backend = chooser.name
 
+    def wipe(self) -> None:
+        """Forget the keys of a deleted IKE SA (best effort, see the module docstring)."""
+        self._out = self._in = None
+        self._mac_out = self._mac_in = None
+        self._salt_out = self._salt_in = b""
+        self.wiped = True
+
     def overhead(self, plaintext_len: int) -> int:
         """Bytes the encrypted part adds: IV, padding, pad length, ICV."""
         padded = plaintext_len + 1
@@ -170,6 +182,8 @@ class SkProtector:
         return plaintext_len + self.overhead(plaintext_len)
 
     def seal(self, head: bytes, plaintext: bytes, *, random_iv: bytes | None = None) -> bytes:
+        if self.wiped:
+            raise LocalError("this IKE SA's keys were wiped: it cannot send")
         pad = (-(len(plaintext) + 1)) % self.block
         inner = plaintext + bytes(pad) + bytes([pad])
         if self.suite.aead:
@@ -182,6 +196,8 @@ class SkProtector:
         return iv + ct + icv
 
     def open(self, head: bytes, body: bytes) -> bytes:
+        if self.wiped:
+            raise AuthenticationError("this IKE SA's keys were wiped")
         if len(body) < self.iv_bytes + self.icv_bytes + 1:
             raise AuthenticationError("Encrypted payload shorter than IV and ICV")
         iv = body[:self.iv_bytes]

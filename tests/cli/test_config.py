@@ -38,6 +38,7 @@ integrity_key = "%s"
 def write(tmp_path, text):
     path = tmp_path / "sa.toml"
     path.write_text(text)
+    path.chmod(0o600)       # it holds keys: readable by others, loading it would warn
     return path
 
 
