@@ -190,6 +190,8 @@ def check_differential(registry, backend: str, family: str, *, rounds: int = 3, 
                 problems.append(f"PRF differs from reference ({key_len}-byte key, {len(msg)} bytes)")
     elif kind is FeatureKind.KE:
         problems += _ke_differential(ours, ref, family, blob)
+    elif kind is FeatureKind.SIGNATURE:
+        problems += _signature_differential(ours, ref, family, blob, rounds=rounds)
     else:
         for bits in sizes:
             for _ in range(rounds):
@@ -219,6 +221,26 @@ def _ke_differential(ours, ref, family: str, blob) -> list[str]:
     mine, theirs = ours.key_exchange(family), ref.key_exchange(family)
     if mine.shared_secret(theirs.public_bytes) != theirs.shared_secret(mine.public_bytes):
         problems.append("fresh keys: the shared secret differs from reference's")
+    return problems
+
+
+def _signature_differential(ours, ref, family: str, blob, *, rounds: int) -> list[str]:
+    """With the packaged test key of `family`: each side's signatures verify on the other, and
+    a deterministic scheme (PKCS#1 v1.5) signs exactly as reference does."""
+    from ipsec_core.crypto import selftest
+
+    case = next(c for c in selftest.iter_cases(family) if getattr(c, "private_key", b""))
+    problems = []
+    for _ in range(rounds):
+        msg = blob(random.choice((0, 1, 64, 1000)))
+        mine = ours.signer(family, case.private_key).sign(msg)
+        theirs = ref.signer(family, case.private_key).sign(msg)
+        if not ref.verifier(family, case.public_key).verify(msg, mine):
+            problems.append(f"reference refuses the signature of a {len(msg)}-byte message")
+        if not ours.verifier(family, case.public_key).verify(msg, theirs):
+            problems.append(f"refuses reference's signature of a {len(msg)}-byte message")
+        if case.deterministic and mine != theirs:
+            problems.append(f"the signature of a {len(msg)}-byte message differs from reference")
     return problems
 
 

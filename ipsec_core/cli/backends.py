@@ -53,6 +53,15 @@ def ike_algorithms_of(record) -> list[str]:
     return out
 
 
+def signatures_of(record) -> list[str]:
+    """The signature families (IKE certificate authentication) a backend offers, in the order
+    of `ipsec_core.crypto.signature.SIGNATURE_FAMILIES`."""
+    from ipsec_core.crypto.signature import SIGNATURE_FAMILIES
+
+    offered = {f.family for f in record.features}
+    return [name for name in SIGNATURE_FAMILIES if name in offered]
+
+
 def compact_keywords(keywords: list[str]) -> str:
     """"aes128gcm8 aes192gcm8 ... aes256gcm16" -> "aes{128,192,256}gcm{8,12,16}" (for tables)."""
     groups: dict[str, list[tuple[int, ...]]] = {}
@@ -96,6 +105,9 @@ def default_choices(registry) -> list[dict]:
         wanted.append((_INTEG_NAME[integ.id], integ.family, bits, None))
     for family in [p.family for p in PRF_INFO.values()] + [k.family for k in KE_INFO.values()]:
         wanted += [(keyword, family, None, None) for keyword in ike_keywords_for(family)]
+    from ipsec_core.crypto.signature import SIGNATURE_FAMILIES
+
+    wanted += [(family, family, None, None) for family in SIGNATURE_FAMILIES]
     rows = []
     for keyword, family, bits, tag in wanted:
         try:
@@ -107,6 +119,18 @@ def default_choices(registry) -> list[dict]:
     return rows
 
 
+def backend_details(record) -> dict:
+    """What an available backend says about where it runs, when it says anything (the gpu
+    backend: the device, the CUDA driver and runtime versions, CuPy's version)."""
+    get = getattr(record.backend, "details", None)
+    if not record.available or get is None:
+        return {}
+    try:
+        return dict(get())
+    except Exception as exc:       # a display must not fail because a driver query did
+        return {"details_error": f"{exc.__class__.__name__}: {exc}"}
+
+
 def backend_json(record, choices: list[dict] | None = None, *, catalog=None) -> dict:
     return {
         "name": record.name,
@@ -114,12 +138,14 @@ def backend_json(record, choices: list[dict] | None = None, *, catalog=None) -> 
         "reason": record.reason,
         "algorithms": algorithms_of(record, catalog),
         "ike_algorithms": ike_algorithms_of(record),
+        "signatures": signatures_of(record),
         "plugin": record.plugin,
         "priority": record.backend.priority,
         "description": record.backend.description,
         "features": [str(f) for f in record.features],
         "failed": dict(record.failed),
         "default_for": [c["algorithm"] for c in choices or () if c["backend"] == record.name],
+        "details": backend_details(record),
     }
 
 
@@ -150,7 +176,7 @@ def backends(
     table.add_column("prio", justify="right")
     table.add_column("status", ratio=1, overflow="fold")
     table.add_column("ESP algorithms", ratio=2, min_width=30, overflow="fold")
-    table.add_column("IKE PRF / key exchange", ratio=1, min_width=16, overflow="fold")
+    table.add_column("IKE PRF / key exchange / signatures", ratio=1, min_width=16, overflow="fold")
     for r in records:
         if not r.available:
             status = f"[red]unavailable[/]: {escape(str(r.reason))}"
@@ -163,10 +189,16 @@ def backends(
             algs += "\n" + "\n".join(f"[red]not offered[/] {escape(k)}: {escape(v)}"
                                       for k, v in r.failed.items())
         status += f"\n[dim]plugin {escape(r.plugin)}[/]"
+        details = backend_details(r)
+        if details:
+            status += "\n[dim]" + escape(", ".join(f"{k} {v}" for k, v in details.items())) + "[/]"
         ike_kws = ike_algorithms_of(r)      # x25519 x448 stay apart: "x{448,25519}" reads badly
         ike = escape(" ".join(filter(None, (
             compact_keywords([k for k in ike_kws if not k.startswith("x")]),
             " ".join(k for k in ike_kws if k.startswith("x"))))) or "-")
+        signatures = signatures_of(r)
+        if signatures:
+            ike += "\n" + escape(compact_keywords(signatures))
         table.add_row(escape(r.name), str(r.backend.priority), status, algs, ike)
     out = console()
     out.print(table)

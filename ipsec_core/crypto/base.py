@@ -1,6 +1,7 @@
 """The tiny interface every crypto backend implements.
 
-Owns: the shapes of `Backend`, `Aead`, `Cipher`, `Mac`, `Prf`, `KeyExchange` and `Feature`.
+Owns: the shapes of `Backend`, `Aead`, `Cipher`, `Mac`, `Prf`, `KeyExchange`, `Signer`, `Verifier`
+and `Feature`.
 Must not: hold any protocol rule.  Nonce construction, IV policy, ICV truncation, constant-time
 compare, padding and sequence numbers all live in the core (`ipsec_core.dataplane.esp.engine`): a backend only
 computes a primitive on the bytes it is given.  (This is the lesson of pyca/cryptography's removed
@@ -30,6 +31,12 @@ modp2048/3072/4096  KE      RFC 3526 groups 14-16; encodings and peer checks in
                             `ipsec_core.crypto.kex`
 ecp256/384/521      KE      RFC 5903 groups 19-21 (x || y public, x shared secret)
 curve25519/448      KE      X25519/X448, groups 31-32 (RFC 7748, RFC 8031)
+ecdsa-p256-sha256,  SIGN    ECDSA on P-256/384/521 with SHA-256/384/512, RSASSA-PKCS1-v1_5 and
+ecdsa-p384-sha384,          RSASSA-PSS (MGF1 of the same hash, salt = hash length) with
+ecdsa-p521-sha512,          SHA-256/384/512: keys and signature encodings in
+rsa-pkcs1-sha256/           `ipsec_core.crypto.signature`
+384/512, rsa-pss-
+sha256/384/512
 ==================  ======  ==============================================================
 
 PRFs come for free: the default `Backend.prf` is `ipsec_core.crypto.prf.MacPrf` over the
@@ -37,6 +44,11 @@ backend's own `mac` (the AES PRFs' key rule applied on top), so a backend that o
 family can declare the PRF family.  `KeyExchange.shared_secret` raises
 `ipsec_core.errors.KeyExchangeError` for a peer value it must refuse (see `crypto.kex`), and
 `Backend.key_exchange` with `private_key=` takes a fixed private key (known-answer tests only).
+Signatures: `Backend.verifier(family, public_key)` takes a DER SubjectPublicKeyInfo and
+`Backend.signer(family, private_key)` a DER PKCS#8 key, both bound once (the key parsed once);
+`Verifier.verify(data, signature)` answers True or False and never raises for a malformed
+signature; `Signer.sign(data)` hashes `data` itself.  A key that is not of the family raises
+ValueError when the object is made.
 
 Plugins may add families (hook `ipsec_register_transforms`): a new ESP transform names the
 family its backend must implement and its kind, and the family is then accepted by `Feature`.
@@ -70,6 +82,7 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol, runtime_checkable
 
 from ipsec_core.crypto.prf import MacPrf
+from ipsec_core.crypto.signature import SIGNATURE_FAMILIES
 from ipsec_core.transforms.iana import KE_INFO, PRF_INFO, KeKind
 
 
@@ -79,6 +92,7 @@ class FeatureKind(str, enum.Enum):
     MAC = "mac"
     PRF = "prf"
     KE = "ke"
+    SIGNATURE = "signature"
 
 
 FAMILY_KIND: dict[str, FeatureKind] = {
@@ -95,6 +109,7 @@ FAMILY_KIND: dict[str, FeatureKind] = {
     "aes-cmac": FeatureKind.MAC,
     **{p.family: FeatureKind.PRF for p in PRF_INFO.values()},
     **{k.family: FeatureKind.KE for k in KE_INFO.values()},
+    **{name: FeatureKind.SIGNATURE for name in SIGNATURE_FAMILIES},
 }
 
 
@@ -163,6 +178,12 @@ class Feature:
         return text + (f"[tag {'/'.join(map(str, self.tag_bytes))}]" if self.tag_bytes else "")
 
 
+def signature_features() -> tuple[Feature, ...]:
+    """Every signature family (ECDSA P-256/384/521, RSA PKCS#1 v1.5 and PSS with SHA-2): what a
+    backend that signs and verifies all of `ipsec_core.crypto.signature` declares."""
+    return tuple(Feature(name) for name in SIGNATURE_FAMILIES)
+
+
 def standard_features(*, modp: bool = True) -> tuple[Feature, ...]:
     """Every built-in family at the key sizes IPsec uses: what a complete CPU backend offers
     (AES 128/192/256, ChaCha20 256, XCBC 128, HMAC any key; every IKE PRF; every key exchange
@@ -185,6 +206,40 @@ class Aead(Protocol):
     def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes: ...
 
     def decrypt(self, nonce: bytes, ciphertext_and_tag: bytes, aad: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class BatchAead(Protocol):
+    """Optional: an Aead that seals and opens many messages of one writable buffer per call
+    (`ipsec_core.dataplane.batch`).  Message i is `buf[offsets[i]:offsets[i] + lengths[i]]`
+    (offsets, lengths: int64 arrays), computed in place with its tag right after it; `nonces`
+    is n x nonce bytes, `aads` n x w bytes (one AAD length per call).  `open_batch` returns n
+    verdict bytes, 1 where the tag verifies; a bad batch (a region outside the buffer) raises
+    ValueError before touching anything.  Backends without it get the core's generic loop over
+    `encrypt`/`decrypt` (`ipsec_core.dataplane.esp.bulk.LoopAead`)."""
+
+    tag_bytes: int
+
+    def seal_batch(self, buf, offsets, lengths, nonces, aads) -> None: ...
+
+    def open_batch(self, buf, offsets, lengths, nonces, aads) -> bytes: ...
+
+
+@runtime_checkable
+class BatchEncryptThenMac(Protocol):
+    """Optional: ESP's cipher (or none) and MAC of one SA over a batch in one call.  Message i
+    starts at `starts[i]` and is `lengths[i]` bytes (ESP header, IV, cipher text: what the ICV
+    covers); its cipher text starts `cipher_at` bytes in, computed in place with the 16-byte
+    IV or counter block `ivs[i]`; its `icv_bytes` ICV follows it (written by seal, checked by
+    open); `his` (n x 4 bytes, or None) is appended to the ICV input (ESN).  A backend makes one
+    with `encrypt_then_mac(cipher, mac, *, icv_bytes, cipher_at)` (None: not for these)."""
+
+    icv_bytes: int
+    cipher_at: int
+
+    def seal_batch(self, buf, starts, lengths, ivs, his) -> None: ...
+
+    def open_batch(self, buf, starts, lengths, ivs, his) -> bytes: ...
 
 
 @runtime_checkable
@@ -220,6 +275,24 @@ class KeyExchange(Protocol):
     public_bytes: bytes
 
     def shared_secret(self, peer_public: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """A private key bound to one signature family: `sign(data)` hashes `data` and signs it."""
+
+    family: str
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """A public key bound to one signature family: True when `signature` is valid for `data`."""
+
+    family: str
+
+    def verify(self, data: bytes, signature: bytes) -> bool: ...
 
 
 class Backend:
@@ -260,3 +333,13 @@ class Backend:
         """A fresh key exchange of `family` ("ecp256", "curve25519", "modp2048" ...) with a
         private key from a CSPRNG, or `private_key` (known-answer tests)."""
         raise NotImplementedError(f"{self.name} has no key exchange {family}")
+
+    def signer(self, family: str, private_key: bytes) -> Signer:
+        """A signer of `family` ("ecdsa-p256-sha256", "rsa-pss-sha256" ...) bound to the DER
+        PKCS#8 `private_key`; ValueError when the key is not of the family."""
+        raise NotImplementedError(f"{self.name} has no signature {family}")
+
+    def verifier(self, family: str, public_key: bytes) -> Verifier:
+        """A verifier of `family` bound to the DER SubjectPublicKeyInfo `public_key`; ValueError
+        when the key is not of the family."""
+        raise NotImplementedError(f"{self.name} has no signature {family}")

@@ -44,6 +44,16 @@ What is covered, and what is left out on purpose (each family's contract is in `
   1 < y < p-1, ECP points off the curve or with a coordinate >= p, the point at infinity;
   RFC 8031: X25519/X448 all-zero secrets; and wrong lengths) are built here around a valid case.
 
+- signatures (`Backend.verifier` must accept the valid signatures and refuse the invalid ones,
+  returning False; `Backend.signer`'s signature must verify with the same backend's verifier,
+  whose answers the other cases check, and equal the known answer where the scheme is
+  deterministic): Wycheproof ecdsa_secp256r1_sha256 and ecdsa_secp384r1_sha384 (DER signatures;
+  BER encodings are among the invalid cases), rsa_signature_2048_sha256 (PKCS#1 v1.5) and
+  rsa_pss_2048_sha256_mgf1_32.  No Wycheproof file of the collection covers P-521 or RSA with
+  SHA-384/512, so `vectors/derived/signatures_openssl.json` holds one key and one signature per
+  family made with OpenSSL; a signature with one bit flipped and a changed message must be
+  refused.
+
 Every valid AEAD case also flips one bit of the tag, and one of the ciphertext, and expects
 `AuthenticationError` each time.
 
@@ -55,13 +65,14 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ipsec_core.crypto.base import Backend, Feature
 from ipsec_core.crypto.kex import ECP_FIELD_PRIMES, KE_FAMILIES, MODP_PRIMES, ke_family_by_group
 from ipsec_core.crypto.prf import PRF_FAMILIES
+from ipsec_core.crypto.signature import SIGNATURE_FAMILIES
 from ipsec_core.errors import AuthenticationError, KeyExchangeError
 from ipsec_core.transforms.iana import KeKind
 
@@ -294,6 +305,38 @@ def _prf_key(backend: Backend, family: str, key: bytes) -> bytes:
 # -- builders, one per source file; each cached -----------------------------------------------
 def _hex(value: str) -> bytes:
     return bytes.fromhex(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureCase(VectorCase):
+    """A signature through `Backend.verifier` (and `Backend.signer` when `private_key` is set).
+
+    Valid: `signature` must verify; with a private key, the backend's own signature of `message`
+    must verify too (and equal `signature` when the scheme is `deterministic`).  Invalid:
+    `verify` must answer False (not raise)."""
+
+    public_key: bytes = b""      # DER SubjectPublicKeyInfo
+    message: bytes = b""
+    signature: bytes = b""
+    private_key: bytes = field(default=b"", repr=False)   # DER PKCS#8; empty: verify only
+    deterministic: bool = False
+
+    def _run(self, backend: Backend) -> str | None:
+        verifier = backend.verifier(self.family, self.public_key)
+        if self.private_key:
+            signed = backend.signer(self.family, self.private_key).sign(self.message)
+            if self.deterministic and signed != self.signature:
+                return _mismatch("sign", signed, self.signature)
+            if verifier.verify(self.message, signed) is not True:
+                return "the backend's own signature does not verify"
+        ok = verifier.verify(self.message, self.signature)
+        if ok not in (True, False):
+            return f"verify returned {ok!r}, not True or False"
+        if self.valid and not ok:
+            return "verify refused a valid signature"
+        if not self.valid and ok:
+            return "verify accepted an invalid signature"
+        return None
 
 
 @functools.cache
@@ -693,6 +736,61 @@ def _ke_builders(family: str) -> tuple[Callable[[], tuple[VectorCase, ...]], ...
     return own + (functools.partial(_peer_checks, family),)
 
 
+# -- signatures ---------------------------------------------------------------------------------
+_SIGNATURE_FILES = {"ecdsa-p256-sha256": "ecdsa_secp256r1_sha256",
+                    "ecdsa-p384-sha384": "ecdsa_secp384r1_sha384",
+                    "rsa-pkcs1-sha256": "rsa_signature_2048_sha256",
+                    "rsa-pss-sha256": "rsa_pss_2048_sha256_mgf1_32"}
+
+
+@functools.cache
+def _wycheproof_signature(family: str) -> tuple[VectorCase, ...]:
+    name = _SIGNATURE_FILES[family]
+    want_hash = SIGNATURE_FAMILIES[family].hash
+    cases = []
+    for group, t in _wycheproof_tests(name):
+        if group["sha"].replace("-", "").lower() != want_hash:
+            continue
+        if "sLen" in group and (group["sLen"] != SIGNATURE_FAMILIES[family].hash_bytes
+                                or group["mgfSha"].replace("-", "").lower() != want_hash):
+            continue
+        cases.append(SignatureCase(
+            id=f"wycheproof-{name}-tc{t['tcId']}", family=family, key_bits=None,
+            source=f"wycheproof/{name}_test.json", valid=t["result"] == "valid",
+            public_key=_hex(group["publicKeyDer"]), message=_hex(t["msg"]), signature=_hex(t["sig"])))
+    return tuple(cases)
+
+
+@functools.cache
+def _derived_signature(family: str) -> tuple[VectorCase, ...]:
+    """The OpenSSL-made key and signature of `family` (signed again by the backend), and two
+    signatures to refuse: one bit of it flipped, and the same signature over another message."""
+    filename = "signatures_openssl.json"
+    cases = []
+    for c in load_vector_file(f"derived/{filename}")["cases"]:
+        if c["family"] != family:
+            continue
+        number = c["name"].rsplit(" ", 1)[-1]
+        common = dict(family=family, key_bits=None, source=f"derived/{filename}",
+                      public_key=_hex(c["public_key_spki"]))
+        message, signature = _hex(c["message"]), _hex(c["signature"])
+        base = f"derived-{family}-case{number}"
+        cases += [
+            SignatureCase(id=base, valid=True, message=message, signature=signature,
+                          private_key=_hex(c["private_key_pkcs8"]),
+                          deterministic=c["deterministic"], **common),
+            SignatureCase(id=f"{base}-bitflip", valid=False, message=message,
+                          signature=_flip_last_bit(signature), **common),
+            SignatureCase(id=f"{base}-other-message", valid=False, message=message + b"!",
+                          signature=signature, **common)]
+    return tuple(cases)
+
+
+def _signature_builders(family: str) -> tuple[Callable[[], tuple[VectorCase, ...]], ...]:
+    own = (functools.partial(_wycheproof_signature, family),) if family in _SIGNATURE_FILES else ()
+    return own + (functools.partial(_derived_signature, family),)
+
+
 _BUILDERS: dict[str, tuple[Callable[[], tuple[VectorCase, ...]], ...]] = {
     "aes-gcm": (_mcgrew, lambda: _wycheproof_aead("aes_gcm", "aes-gcm"),
                 _wycheproof_gcm_truncated, _wycheproof_gmac),
@@ -712,6 +810,7 @@ _BUILDERS: dict[str, tuple[Callable[[], tuple[VectorCase, ...]], ...]] = {
     "prf-aes128-xcbc": (functools.partial(_prf_aes, "rfc4434"),),
     "prf-aes128-cmac": (functools.partial(_prf_aes, "rfc4615"),),
     **{family: _ke_builders(family) for family in KE_FAMILIES},
+    **{family: _signature_builders(family) for family in SIGNATURE_FAMILIES},
 }
 
 
@@ -816,6 +915,12 @@ def _quick_cases(family: str, key_bits: int | None) -> tuple[VectorCase, ...]:
         # one known answer (public value and shared secret), one peer value to refuse
         valid = {"modp": _modp_derived, "ecp": _rfc5903, "montgomery": _rfc7748}
         picks = [valid[KE_FAMILIES[family].kind.value](family)[0], _peer_checks(family)[0]]
+    elif family in SIGNATURE_FAMILIES:
+        # a signing round trip with the known signature, a flipped bit refused, and for the
+        # families Wycheproof covers its shortest valid case
+        picks = list(_derived_signature(family)[:2])
+        if family in _SIGNATURE_FILES:
+            picks.append(_smallest(_wycheproof_signature(family), key=lambda c: bool(c.message)))
     return tuple(p for p in picks if p is not None)
 
 
@@ -958,5 +1063,6 @@ def cases_from_vectors(vectors: Sequence[Any], *, family: str, kind: str,
     return tuple(out)
 
 
-__all__ = ["AeadCase", "CipherCase", "KeCase", "MacCase", "PrfCase", "Result", "VectorCase",
+__all__ = ["AeadCase", "CipherCase", "KeCase", "MacCase", "PrfCase", "Result", "SignatureCase",
+           "VectorCase",
            "cases_from_vectors", "iter_cases", "load_vector_file", "offers", "quick_check", "run_all", "MAC_DIGEST_BYTES"]

@@ -25,10 +25,10 @@ from __future__ import annotations
 from hmac import compare_digest
 
 from ipsec_core import hookimpl
-from ipsec_core.crypto.base import Backend, standard_features
+from ipsec_core.crypto.base import Backend, signature_features, standard_features
 from ipsec_core.errors import AuthenticationError
 
-from . import kex
+from . import kex, sign
 
 _AEAD_TAGS = (8, 12, 16)
 
@@ -197,7 +197,7 @@ class AesniBackend(Backend):
         return None
 
     def features(self):
-        return standard_features()
+        return standard_features() + signature_features()
 
     def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int):
         c = self._lib()
@@ -252,6 +252,17 @@ class AesniBackend(Backend):
         if family not in kex.FAMILIES:
             return super().key_exchange(family, private_key=private_key)
         return kex.key_exchange(family, private_key=private_key)
+
+    def signer(self, family: str, private_key: bytes):
+        """ECDSA and RSA (PKCS#1 v1.5, PSS) signing on OpenSSL: see `.sign`."""
+        if family not in sign.FAMILIES:
+            return super().signer(family, private_key)
+        return sign.signer(family, private_key)
+
+    def verifier(self, family: str, public_key: bytes):
+        if family not in sign.FAMILIES:
+            return super().verifier(family, public_key)
+        return sign.verifier(family, public_key)
 
 
 @hookimpl

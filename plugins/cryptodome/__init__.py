@@ -19,10 +19,10 @@ fallback, for what the fast paths do not take (other nonce sizes, messages over 
 from __future__ import annotations
 
 from ipsec_core import hookimpl
-from ipsec_core.crypto.base import Backend, standard_features
+from ipsec_core.crypto.base import Backend, signature_features, standard_features
 from ipsec_core.errors import AuthenticationError
 
-from . import _fast, kex
+from . import _fast, kex, sign
 
 _AEAD_TAGS = (8, 12, 16)
 
@@ -222,7 +222,7 @@ class CryptodomeBackend(Backend):
 
     def features(self):
         # no MODP: pycryptodome has no finite-field Diffie-Hellman (see `.kex`)
-        return standard_features(modp=False)
+        return standard_features(modp=False) + signature_features()
 
     def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int):
         if family in ("aes-gcm", "aes-ccm"):
@@ -291,6 +291,17 @@ class CryptodomeBackend(Backend):
         if family not in kex.FAMILIES:
             return super().key_exchange(family, private_key=private_key)
         return kex.key_exchange(family, private_key=private_key)
+
+    def signer(self, family: str, private_key: bytes):
+        """ECDSA and RSA (PKCS#1 v1.5, PSS) signing on pycryptodome: see `.sign`."""
+        if family not in sign.FAMILIES:
+            return super().signer(family, private_key)
+        return sign.signer(family, private_key)
+
+    def verifier(self, family: str, public_key: bytes):
+        if family not in sign.FAMILIES:
+            return super().verifier(family, public_key)
+        return sign.verifier(family, public_key)
 
 
 @hookimpl

@@ -3,21 +3,23 @@
 It is the project's test oracle and the backend of last resort (priority 10): written to be read
 against the specifications (FIPS 197, NIST SP 800-38A/B/C/D, RFC 2104, RFC 3566, RFC 3610,
 RFC 4493, RFC 8439), not to be fast.  It uses no C crypto library; hashlib supplies only the hash
-functions under HMAC.  Table-driven AES and GHASH are not constant-time: do not use this backend
+functions under HMAC and the signatures.  Table-driven AES and GHASH are not constant-time: do not use this backend
 where an attacker can time the host.
 
 Modules: `aes` (AES block cipher, aes-cbc, aes-ctr), `gcm` (aes-gcm), `ccm` (aes-ccm),
 `chacha` (chacha20-poly1305), `macs` (hmac-*, aes-xcbc, aes-cmac), `kex` (MODP, ECP, X25519 and
-X448 key exchange, RFC 3526 / 5903 / 7748).  The IKE PRFs are the core's adapter over `macs`.  Every object returned by
+X448 key exchange, RFC 3526 / 5903 / 7748), `sign` (ECDSA, RSA PKCS#1 v1.5 and PSS signatures,
+FIPS 186-4 / RFC 8017).  The IKE PRFs are the core's adapter over `macs`.  Every object returned by
 `aead`, `cipher` or `mac` is bound to its key (key schedule and tables computed once) and is
 reused for any number of packets.
 """
 from __future__ import annotations
 
 from ipsec_core import hookimpl
-from ipsec_core.crypto.base import Aead, Backend, Cipher, KeyExchange, Mac, standard_features
+from ipsec_core.crypto.base import (Aead, Backend, Cipher, KeyExchange, Mac, Signer, Verifier,
+                                    signature_features, standard_features)
 
-from . import kex
+from . import kex, sign
 from .aes import AES, AesCbc, AesCtr
 from .ccm import AesCcm
 from .chacha import ChaCha20Poly1305
@@ -48,7 +50,7 @@ class ReferenceBackend(Backend):
     description = "pure-Python reference implementation (test oracle; slow, not constant-time)"
 
     def features(self):
-        return standard_features()
+        return standard_features() + signature_features()
 
     def aead(self, family: str, key: bytes, *, tag_bytes: int, nonce_bytes: int) -> Aead:
         cls = _AEADS.get(family)
@@ -72,6 +74,16 @@ class ReferenceBackend(Backend):
         if family not in kex.FAMILIES:
             return super().key_exchange(family, private_key=private_key)
         return kex.key_exchange(family, private_key=private_key)
+
+    def signer(self, family: str, private_key: bytes) -> Signer:
+        if family not in sign.FAMILIES:
+            return super().signer(family, private_key)
+        return sign.signer(family, private_key)
+
+    def verifier(self, family: str, public_key: bytes) -> Verifier:
+        if family not in sign.FAMILIES:
+            return super().verifier(family, public_key)
+        return sign.verifier(family, public_key)
 
 
 @hookimpl

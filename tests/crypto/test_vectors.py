@@ -23,9 +23,10 @@ CASES = list(selftest.iter_cases())
 FULL_BACKENDS = ("reference", "aesni", "cryptodome")
 
 
-#: Key exchange cases (thousands of Wycheproof ECDH/XDH cases, slow on the reference backend)
-#: run in tests/crypto/test_kex.py, which samples them per backend.
-RUN_HERE = [c for c in CASES if FAMILY_KIND.get(c.family) is not FeatureKind.KE]
+#: Key exchange and signature cases (thousands of Wycheproof ECDH/XDH/ECDSA cases, slow on the
+#: reference backend) run in tests/crypto/test_kex.py and test_sign.py, which sample them.
+RUN_HERE = [c for c in CASES
+            if FAMILY_KIND.get(c.family) not in (FeatureKind.KE, FeatureKind.SIGNATURE)]
 
 
 @pytest.mark.parametrize(
