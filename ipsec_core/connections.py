@@ -2,7 +2,12 @@
 errors that name the file and the key.
 
 Owns: the connection file format: `[connections.NAME]` tables with swanctl's key names, and
-`[connections.NAME.children.CHILD]` tables for the CHILD SAs.  Reading a `psk_file`.
+`[connections.NAME.children.CHILD]` tables for the CHILD SAs.  Reading a `psk_file`, and for
+`auth = "pubkey"` the PEM (or DER) files of `certs` (ours, end entity first, then intermediates),
+`cacerts` (the CAs we trust for the peer) and `private_key` (RSA or EC, unencrypted); each file
+relative to the connection file, as swanctl's x509/, x509ca/ and private/ files are.  `local_id`
+defaults to the certificate's subject DN (its first subjectAltName when the subject is empty);
+`rsa_pss = true` signs with RSASSA-PSS rather than PKCS#1 v1.5.
 Must not: start IKE, install SAs, or touch backends; the crypto registry is asked only for a
 proposal keyword that is not built in (a plugin's), exactly as `ipsec_core.config` does.
 
@@ -44,22 +49,24 @@ from typing import Any
 
 from ipsec_core.dataplane.replay import DEFAULT_REPLAY_WINDOW_BITS, MAX_REPLAY_WINDOW_BITS
 from ipsec_core.errors import ConfigError, ProposalError
-from ipsec_core.ike.config import ChildConfig, IkeConfig, TrafficSelectorSpec
+from ipsec_core.ike.config import (CHILDLESS_MODES, DPD_ACTIONS, FRAGMENTATION_MODES, ChildConfig,
+                                   IkeConfig, TrafficSelectorSpec)
 from ipsec_core.transforms.keywords import parse_esp
 
 CONNECTION_KEYS = {
     "local_addrs", "remote_addrs", "local_port", "remote_port", "nat_t_port", "local_id",
     "remote_id", "auth", "psk", "psk_file", "proposals", "encap", "backend", "rekey_time",
     "dpd_delay", "keepalive", "retransmit_timeout", "retransmit_base", "retransmit_tries",
-    "children",
+    "children", "reauth_time", "over_time", "rand_time", "dpd_timeout", "fragmentation",
+    "fragment_size", "childless", "certs", "cacerts", "private_key", "rsa_pss",
 }
 CHILD_KEYS = {
     "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "backend", "rekey_time",
-    "life_time", "rekey_bytes", "rekey_packets", "replay_window",
+    "life_time", "rekey_bytes", "rekey_packets", "replay_window", "rand_time", "dpd_action",
 }
 TOP_LEVEL_KEYS = {"connections"}
 MODES = ("tunnel", "transport")
-START_ACTIONS = ("none", "start")
+START_ACTIONS = ("none", "start", "trap")
 #: strongSwan accepts any PSK; shorter than this is guessable offline from one captured
 #: IKE_AUTH exchange, so it gets a warning.
 PSK_WARN_BYTES = 20
@@ -173,6 +180,13 @@ def parse_duration(value: Any, *, file: str | None = None, key: str | None = Non
     if not math.isfinite(seconds) or seconds < 0:
         raise fail()
     return seconds
+
+
+def _choice(raw: dict, key: str, at: _Where, default: str, choices: tuple[str, ...]) -> str:
+    value = raw.get(key, default)
+    if value not in choices:
+        raise at.fail(key, f"{value!r}: expected one of {', '.join(map(repr, choices))}")
+    return value
 
 
 def _duration(raw: dict, key: str, at: _Where, default: float | None) -> float | None:
@@ -427,6 +441,95 @@ def _psk_file(value: Any, at: _Where, base_dir: Path | None) -> bytes:
     return secret
 
 
+def _read_key_file(value: Any, at: _Where, key: str, base_dir: Path | None) -> tuple[Path, bytes]:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise at.fail(key, f"expected a file name, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise at.fail(key, f"{str(path)!r} is not a regular file")
+        return path, path.read_bytes()
+    except FileNotFoundError:
+        raise at.fail(key, f"{str(path)!r}: no such file") from None
+    except OSError as exc:
+        raise at.fail(key, f"{str(path)!r}: cannot read: {exc.strerror or exc}") from None
+
+
+def _certificates(raw: dict, at: _Where, key: str, base_dir: Path | None) -> list:
+    from cryptography import x509
+
+    if key not in raw:
+        raise at.fail(key, f'missing: auth = "pubkey" needs {key} = "FILE.pem" (or an array of files)')
+    out = []
+    for item_key, name in _strings(raw[key], at, key, what="a certificate file name"):
+        path, data = _read_key_file(name, at, item_key, base_dir)
+        try:
+            found = (x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data
+                     else [x509.load_der_x509_certificate(data)])
+        except ValueError as exc:
+            raise at.fail(item_key, f"{str(path)!r}: no X.509 certificate in it ({exc})") from None
+        out += [(item_key, path, cert) for cert in found]
+    return out
+
+
+def _pubkey(raw: dict, at: _Where, base_dir: Path | None) -> tuple[dict, str]:
+    """IkeConfig's certs, cacerts, private_key and rsa_pss from the files, checked (each CA is
+    a CA, the key belongs to the certificate); and the identity the certificate stands for."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ipsec_core.ike import certs as x509_checks
+
+    ours = _certificates(raw, at, "certs", base_dir)
+    cas = _certificates(raw, at, "cacerts", base_dir)
+    for item_key, path, cert in cas:
+        try:
+            x509_checks.check_ca(cert, "the certificate")
+        except x509_checks.CertificateError as exc:
+            raise at.fail(item_key, f"{str(path)!r}: {exc}") from None
+    item_key, path, leaf = ours[0]
+    why = x509_checks.check_end_entity(leaf)
+    if why is not None:
+        raise at.fail(item_key, f"{str(path)!r}: the certificate {x509_checks.subject_text(leaf)} "
+                                f"cannot be used: {why}")
+    if "private_key" not in raw:
+        raise at.fail("private_key", 'missing: auth = "pubkey" needs private_key = "FILE.pem"')
+    key_path, data = _read_key_file(raw["private_key"], at, "private_key", base_dir)
+    try:
+        key = (serialization.load_pem_private_key(data, password=None) if b"-----BEGIN" in data
+               else serialization.load_der_private_key(data, password=None))
+    except TypeError:
+        raise at.fail("private_key", f"{str(key_path)!r} is encrypted; store the key unencrypted "
+                                     "(readable by root only)") from None
+    except (ValueError, Exception):
+        raise at.fail("private_key", f"{str(key_path)!r}: no private key (PEM or DER, RSA or EC) "
+                                     "in it") from None
+    if key_path.stat().st_mode & 0o066:
+        warnings.warn(f"{_where_text(at, 'private_key')}{str(key_path)!r} is readable or writable "
+                      "by group or others; chmod 600 it", UserWarning, stacklevel=3)
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    if public != x509_checks.spki_der(leaf):
+        raise at.fail("private_key", f"{str(key_path)!r} does not belong to the certificate "
+                                     f"{x509_checks.subject_text(leaf)} ({str(path)!r})")
+    rsa_pss = raw.get("rsa_pss", False)
+    if not isinstance(rsa_pss, bool):
+        raise at.fail("rsa_pss", f"expected true or false, got {_type_name(rsa_pss)}")
+    der = serialization.Encoding.DER
+    fields = dict(
+        certs=tuple(c.public_bytes(der) for _, _, c in ours),
+        cacerts=tuple(c.public_bytes(der) for _, _, c in cas),
+        private_key=key.private_bytes(der, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()),
+        rsa_pss=rsa_pss)
+    try:
+        default_id = x509_checks.default_identity(leaf)
+    except x509_checks.CertificateError as exc:
+        raise at.fail(item_key, f"{str(path)!r}: {exc}; set local_id") from None
+    return fields, default_id
+
+
 def _psk(raw: dict, at: _Where, base_dir: Path | None) -> bytes:
     if "psk" in raw and "psk_file" in raw:
         raise at.fail("psk_file", "give psk or psk_file, not both")
@@ -464,12 +567,10 @@ def child_from_dict(name: str, raw: Any, *, file: str | None = None, where: str,
     if mode not in MODES:
         raise at.fail("mode", f"{mode!r}: expected 'tunnel' or 'transport'")
     start_action = raw.get("start_action", defaults.start_action)
-    if isinstance(start_action, str) and "trap" in start_action.split("|"):
-        raise at.fail("start_action", "'trap' (start on the first matching packet) is not "
-                                      "supported yet; use 'start' or 'none'")
     if start_action not in START_ACTIONS:
         raise at.fail("start_action", f"{start_action!r}: expected 'start' (initiate with the "
-                                      "IKE SA) or 'none' (wait for the peer)")
+                                      "IKE SA), 'trap' (initiate on the first matching packet) "
+                                      "or 'none' (wait for the peer)")
     rekey_time = _duration(raw, "rekey_time", at, defaults.rekey_time)
     life_time = _duration(raw, "life_time", at, None)
     if life_time is not None:
@@ -495,6 +596,8 @@ def child_from_dict(name: str, raw: Any, *, file: str | None = None, where: str,
                                high=None, unit="packets, 0 = no limit"),
         replay_window=_integer(raw, "replay_window", at, DEFAULT_REPLAY_WINDOW_BITS, low=0,
                                high=MAX_REPLAY_WINDOW_BITS, unit="packets, 0 = no replay check"),
+        rand_time=_duration(raw, "rand_time", at, None),
+        dpd_action=_choice(raw, "dpd_action", at, defaults.dpd_action, DPD_ACTIONS),
     )
 
 
@@ -516,10 +619,13 @@ def connection_from_dict(name: str, raw: Any, *, file: str | None = None,
                                     f"is IPv{version}; the first local and remote address must "
                                     "be of one family")
     auth = raw.get("auth", defaults.auth)
-    if auth == "pubkey":
-        raise at.fail("auth", "'pubkey' (certificates) is not supported yet; use auth = \"psk\"")
-    if auth != "psk":
-        raise at.fail("auth", f"{auth!r}: expected 'psk' (the only method supported so far)")
+    if auth not in ("psk", "pubkey"):
+        raise at.fail("auth", f"{auth!r}: expected 'psk' (a pre-shared key) or 'pubkey' (certificates)")
+    key_dir = Path(base_dir) if base_dir is not None else None
+    pubkey, default_id = _pubkey(raw, at, key_dir) if auth == "pubkey" else ({}, None)
+    if auth == "pubkey" and ("psk" in raw or "psk_file" in raw):
+        raise at.fail("psk" if "psk" in raw else "psk_file", 'auth = "pubkey" uses certificates; '
+                                                             "remove the pre-shared key")
     encap = raw.get("encap", defaults.encap)
     if not isinstance(encap, bool):
         raise at.fail("encap", f"expected true or false, got {_type_name(encap)}")
@@ -546,10 +652,11 @@ def connection_from_dict(name: str, raw: Any, *, file: str | None = None,
         name=name,
         local_addrs=_resolve_any(local, version, at),
         remote_addrs=_resolve_any(remote, version, at),
-        local_id=_string(raw, "local_id", at, what="an identity"),
+        local_id=_string(raw, "local_id", at, what="an identity") or default_id,
         remote_id=_string(raw, "remote_id", at, what="an identity"),
         auth=auth,
-        psk=_psk(raw, at, Path(base_dir) if base_dir is not None else None),
+        psk=_psk(raw, at, key_dir) if auth == "psk" else b"",
+        **pubkey,
         proposals=_proposals(raw, "proposals", at, defaults.proposals, _ike_proposal, catalog),
         encap=encap,
         children=tuple(children),
@@ -559,6 +666,14 @@ def connection_from_dict(name: str, raw: Any, *, file: str | None = None,
         backend=_string(raw, "backend", at, what="a backend name (see `ipsec backends`)"),
         rekey_time=_duration(raw, "rekey_time", at, defaults.rekey_time),
         dpd_delay=_duration(raw, "dpd_delay", at, defaults.dpd_delay),
+        dpd_timeout=_duration(raw, "dpd_timeout", at, defaults.dpd_timeout),
+        reauth_time=_duration(raw, "reauth_time", at, defaults.reauth_time),
+        over_time=_duration(raw, "over_time", at, None),
+        rand_time=_duration(raw, "rand_time", at, None),
+        fragmentation=_choice(raw, "fragmentation", at, defaults.fragmentation, FRAGMENTATION_MODES),
+        fragment_size=_integer(raw, "fragment_size", at, defaults.fragment_size, low=576,
+                               high=65535, unit="bytes of an IP datagram"),
+        childless=_choice(raw, "childless", at, defaults.childless, CHILDLESS_MODES),
         keepalive_interval=_duration(raw, "keepalive", at, defaults.keepalive_interval),
         retransmit_timeout=retransmit_timeout,
         retransmit_base=float(retransmit_base),
@@ -624,7 +739,26 @@ def load_connections(path: str | Path, *, catalog=None) -> dict[str, IkeConfig]:
         raise ConfigError(f"not valid TOML: {exc}", file=file) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", file=file) from None
-    return connections_from_dict(data, file=file, base_dir=path.parent, catalog=catalog)
+    out = connections_from_dict(data, file=file, base_dir=path.parent, catalog=catalog)
+    tables = data.get("connections")
+    inline = [name for name, raw in tables.items() if isinstance(raw, dict) and "psk" in raw]
+    warn_if_open_to_others(path, f"holds a psk (connections.{_quote(inline[0])}.psk)" if inline else None)
+    return out
+
+
+def warn_if_open_to_others(path: Path, holds: str | None) -> None:
+    """A UserWarning when a file that holds a secret (`holds` says which; None: none) may be
+    read or written by group or others, as for a psk_file."""
+    if holds is None:
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o066:
+        warnings.warn(f"{path}: the file {holds} and is readable or writable by group or "
+                      f"others (mode {stat.S_IMODE(mode):04o}); chmod 600 it", UserWarning,
+                      stacklevel=3)
 
 
 __all__ = ["load_connections", "connections_from_dict", "connection_from_dict",

@@ -23,6 +23,11 @@ RETRANSMIT_TRIES = 5
 IKE_REKEY_TIME = 4 * 3600.0
 CHILD_REKEY_TIME = 3600.0
 NAT_KEEPALIVE_INTERVAL = 20.0
+#: strongSwan's charon.fragment_size: the largest IP datagram an IKE fragment may fill.
+FRAGMENT_SIZE = 1280
+DPD_ACTIONS = ("clear", "restart", "trap")
+FRAGMENTATION_MODES = ("yes", "accept", "no")
+CHILDLESS_MODES = ("allow", "force", "never")
 IKE_PORT = 500
 NAT_T_PORT = 4500
 
@@ -60,12 +65,23 @@ class ChildConfig:
     rekey_bytes: int = 0
     rekey_packets: int = 0
     replay_window: int = 32
+    rand_time: float | None = None        # rekey up to this much early; default life - rekey
+    dpd_action: str = "clear"             # when the peer is found dead: clear, restart, trap
 
     @property
     def hard_time(self) -> float | None:
         if self.life_time is not None:
             return self.life_time
         return self.rekey_time * 1.1 if self.rekey_time else None
+
+    @property
+    def jitter(self) -> float:
+        """The most a rekey comes early (swanctl's rand_time; default life_time - rekey_time),
+        so two peers with one configuration rarely rekey at once."""
+        if self.rand_time is not None:
+            return self.rand_time
+        hard = self.hard_time
+        return max(0.0, hard - self.rekey_time) if hard and self.rekey_time else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +91,12 @@ class IkeConfig:
     remote_addrs: tuple[str, ...]
     local_id: str | None = None           # None: the local address
     remote_id: str | None = None          # None: accept any identity the PSK authenticates
-    auth: str = "psk"
+    auth: str = "psk"                     # "psk" or "pubkey" (certificates)
     psk: bytes = field(default=b"", repr=False)
+    certs: tuple[bytes, ...] = ()         # pubkey: our certificate (DER) first, then intermediates
+    cacerts: tuple[bytes, ...] = ()       # pubkey: CA certificates (DER) we trust for the peer's
+    private_key: bytes = field(default=b"", repr=False)  # pubkey: DER PKCS#8, RSA or EC
+    rsa_pss: bool = False                 # pubkey with an RSA key: sign with PSS, not PKCS#1 v1.5
     proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048")
     encap: bool = False                   # force UDP encapsulation (fake NAT, as strongSwan)
     children: tuple[ChildConfig, ...] = ()
@@ -85,11 +105,28 @@ class IkeConfig:
     nat_t_port: int = NAT_T_PORT          # local and remote port after the move to NAT-T
     backend: str | None = None            # crypto backend for the IKE SA itself
     rekey_time: float = IKE_REKEY_TIME
+    reauth_time: float = 0.0              # 0: never reauthenticate (a new IKE SA from scratch)
+    over_time: float | None = None        # hard end after rekey/reauth; default 10% of it
+    rand_time: float | None = None        # rekey/reauth up to this much early; default over_time
     dpd_delay: float = 0.0                # 0: no liveness checks of an idle peer
+    dpd_timeout: float = 0.0              # 0: a liveness check fails as any request does
+    fragmentation: str = "yes"            # RFC 7383: "yes", "accept" (receive only), "no"
+    fragment_size: int = FRAGMENT_SIZE    # the largest IP datagram of an IKE fragment
+    childless: str = "allow"              # RFC 6023: "allow", "force", "never"
     keepalive_interval: float = NAT_KEEPALIVE_INTERVAL
     retransmit_timeout: float = RETRANSMIT_TIMEOUT
     retransmit_base: float = RETRANSMIT_BASE
     retransmit_tries: int = RETRANSMIT_TRIES
+
+    @property
+    def ike_over_time(self) -> float:
+        if self.over_time is not None:
+            return self.over_time
+        return 0.1 * max(self.rekey_time, self.reauth_time)
+
+    @property
+    def ike_jitter(self) -> float:
+        return self.rand_time if self.rand_time is not None else self.ike_over_time
 
     def child(self, name: str) -> ChildConfig:
         for c in self.children:
@@ -99,4 +136,5 @@ class IkeConfig:
 
 
 __all__ = ["ChildConfig", "IkeConfig", "TrafficSelectorSpec", "IpNetwork", "RETRANSMIT_TIMEOUT",
-           "RETRANSMIT_BASE", "RETRANSMIT_TRIES", "IKE_PORT", "NAT_T_PORT"]
+           "RETRANSMIT_BASE", "RETRANSMIT_TRIES", "IKE_PORT", "NAT_T_PORT", "FRAGMENT_SIZE",
+           "DPD_ACTIONS", "FRAGMENTATION_MODES", "CHILDLESS_MODES"]

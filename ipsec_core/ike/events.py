@@ -52,6 +52,11 @@ class ChildSaInstalled(Event):
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
     rekeyed: tuple[int, int] | None = None   # (inbound, outbound) SPIs of the SA it replaces
+    #: False for the responder's side of a CHILD SA rekey (and the loser's redundant SA of a
+    #: collision): its inbound SA takes traffic now, but outbound packets stay on the SA it
+    #: replaces until that one is deleted (make-before-break: the peer may not yet have the new
+    #: inbound SA).  A driver keeps it behind the old one in its outbound lookup.
+    outbound_active: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,10 @@ class ChildSaDeleted(Event):
     child: str
     inbound_spi: int
     outbound_spi: int
-    reason: str                    # "deleted by peer", "deleted", "rekeyed", "IKE SA gone"
+    #: "deleted by peer", "deleted", "rekeyed" (replaced by a new SA: a driver keeps its
+    #: inbound SA a moment for packets still in flight), "rekey collision", "expired",
+    #: "IKE SA gone", "reauthenticated"
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,30 @@ class IkeSaDeleted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class IkeSaRekeyed(Event):
+    """The IKE SA was replaced by a rekeyed one (RFC 7296 2.18): its CHILD SAs now belong to
+    the new SPIs.  The old SA's IkeSaDeleted (reason "rekeyed") follows."""
+
+    connection: str
+    old_spi_i: int
+    old_spi_r: int
+    spi_i: int
+    spi_r: int
+    proposal: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaTrapped(Event):
+    """dpd_action = trap: the peer is dead; traffic matching these selectors should start the
+    connection again (`IkeEndpoint.acquire(connection, child, now=)`)."""
+
+    connection: str
+    child: str
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class IkeSaFailed(Event):
     """The IKE SA could not be set up.  `notify` is the error notify type received or sent
     (NO_PROPOSAL_CHOSEN, AUTHENTICATION_FAILED, ...), or None (no answer)."""
@@ -89,4 +121,4 @@ class IkeSaFailed(Event):
 
 
 __all__ = ["Datagram", "Event", "IkeSaEstablished", "ChildSaInstalled", "ChildSaDeleted",
-           "ChildSaFailed", "IkeSaDeleted", "IkeSaFailed"]
+           "ChildSaFailed", "IkeSaDeleted", "IkeSaFailed", "IkeSaRekeyed", "ChildSaTrapped"]

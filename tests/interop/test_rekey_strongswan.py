@@ -1,0 +1,84 @@
+"""CHILD SA and IKE SA rekeys against strongSwan 5.9.8 while a sequence-numbered stream runs
+through the tunnel: `ipsec up` in one namespace, charon in the other, each side in turn the
+one whose timers rekey (every few seconds), ping's ICMP sequence numbers as the stream
+(ping counts every reply lost or duplicated).  Root, strongSwan and ping from
+tests/setup-system.sh; without them the tests skip with the reason."""
+import re
+
+import pytest
+
+from . import strongswan as ss
+from .test_up_strongswan import A_ID, B_ID, UpProcess, skip_unless_ready
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+STREAM = ["-c", "250", "-i", "0.04", "-W", "2"]          # 10 s of echo requests
+
+
+def conf(path, *, us, peer, start, child_rekey, ike_rekey):
+    path.write_text(f"""
+[connections.net]
+local_addrs = ["{us.ip}"]
+remote_addrs = ["{peer.ip}"]
+local_id = "{A_ID if start == 'start' else B_ID}"
+remote_id = "{B_ID if start == 'start' else A_ID}"
+psk = "{ss.DEFAULT_PSK}"
+proposals = ["aes128gcm16-prfsha256-ecp256"]
+encap = true
+rekey_time = "{ike_rekey}"
+
+[connections.net.children.net]
+local_ts = ["{us.inner_ip}/32"]
+remote_ts = ["{peer.inner_ip}/32"]
+esp_proposals = ["aes128gcm16"]
+start_action = "{start}"
+rekey_time = "{child_rekey}"
+""")
+    return path
+
+
+def stream(pair_net, side, dst):
+    result = pair_net.exec(side, ["ping", *STREAM, "-I", side.inner_ip, dst], check=False)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received(?:, \+(\d+) duplicates)?", result.stdout)
+    assert m, result.stdout + result.stderr
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+@pytest.mark.parametrize("who_rekeys", ["ours", "strongswan"])
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+def test_rekeys_under_a_stream(tmp_path, role, who_rekeys):
+    skip_unless_ready()
+    fast = who_rekeys == "strongswan"
+    theirs = {"proposals": "aes128gcm16-prfsha256-ecp256", "esp_proposals": "aes128gcm16",
+              "rekey_time": "5s" if fast else "1h", "child_rekey_time": "3s" if fast else "1h",
+              "child_life_time": "6s" if fast else None,
+              # strongSwan's own defaults (10% over) would end the IKE SA as it rekeys
+              "extra": {"over_time": "3s", "rand_time": "1s"} if fast else None,
+              "child_extra": {"rand_time": "1s"} if fast else None}
+    ours_initiate = role == "initiator"
+    with ss.StrongswanPair(start_a=not ours_initiate, start_b=ours_initiate,
+                           conn_a=theirs, conn_b=theirs) as pair:
+        us, peer = (pair.net.a, pair.net.b) if ours_initiate else (pair.net.b, pair.net.a)
+        charon = pair.b if ours_initiate else pair.a
+        up = UpProcess(conf(tmp_path / "ipsec.toml", us=us, peer=peer,
+                            start="start" if ours_initiate else "none",
+                            child_rekey="0" if fast else "3s", ike_rekey="0" if fast else "5s"), us.netns)
+        try:
+            if ours_initiate:
+                up.wait_for(r"CHILD SA net installed")
+            else:
+                up.wait_for(r"up: net on ")
+                pair.initiate(timeout=10)
+                up.wait_for(r"CHILD SA net installed")
+            sent, got, dups = stream(pair.net, us, peer.inner_ip)
+            log = up.log
+            child_rekeys = len(re.findall(r"CHILD SA net installed \(rekeyed", log))
+            ike_rekeys = len(re.findall(r"IKE SA net\S* rekeyed", log))
+            assert (sent, got, dups) == (250, 250, 0), log[-4000:] + charon.log_tail(60)
+            assert child_rekeys >= 2 and ike_rekeys >= 1, log[-4000:] + charon.log_tail(60)
+            sas = charon.list_sas()
+            assert len(sas) == 1 and len(sas[0]["child-sas"]) >= 1, sas
+            assert "error" not in log.lower(), log
+            up.stop()
+        finally:
+            up.kill()
