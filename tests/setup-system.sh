@@ -6,6 +6,8 @@
 #                             the IKEv2/ESP interop peer (tests/interop/strongswan.py)
 #   iperf3 iputils-ping tcpdump
 #                             traffic and captures through the tunnels
+#   gcc python3-dev libipsec-mb-dev
+#                             build the ipsecmb backend's C extension at `pip install` (setup.py)
 # Installed only when running as root on a Debian/Ubuntu machine; elsewhere the tests that need
 # them skip with a reason.  Safe to run twice, and fast when everything is there: presence is
 # checked by file, apt-get runs only for what is missing.
@@ -27,6 +29,11 @@ need libstrongswan-extra-plugins /usr/lib/ipsec/plugins/libstrongswan-curve25519
 need iperf3                      /usr/bin/iperf3
 need iputils-ping                /usr/bin/ping
 need tcpdump                     /usr/bin/tcpdump
+need gcc                         /usr/bin/gcc
+need libipsec-mb-dev             /usr/include/intel-ipsec-mb.h
+# Python's headers: the running interpreter's own (a pyenv or venv build has them already).
+[ -e "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)/Python.h" ] \
+    || missing="$missing python3-dev"
 if [ -n "$missing" ]; then
     echo "setup-system: installing$missing"
     export DEBIAN_FRONTEND=noninteractive

@@ -180,12 +180,12 @@ def _table(rows: list[dict]) -> None:
                f"{'yes' if first['vectorised'] else 'no (pip install ipsec-suite[fast])'}")
     table = Table(title="ESP throughput (inner bytes); bare = the backend's primitive alone, same run",
                   caption=caption)
-    for col in ("backend", "proposal", "mode", "size", "direction", "packets/s", "Gbit/s",
+    for col in ("backend", "proposal", "mode", "size", "direction", "path", "packets/s", "Gbit/s",
                 "overhead B", "bare packets/s", "ratio"):
         table.add_column(col, justify="right" if col not in ("backend", "proposal", "mode", "direction") else "left")
     for r in rows:
         table.add_row(r["backend"], r["proposal"], r["mode"], str(r["size"]), r["direction"],
-                      f"{r['pps']:,.0f}", f"{r['gbps']:.3f}", str(r["overhead_bytes"]),
+                      r.get("batch_path", ""), f"{r['pps']:,.0f}", f"{r['gbps']:.3f}", str(r["overhead_bytes"]),
                       f"{r['bare_pps']:,.0f}", f"{r['ratio']:.2f}")
     Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
 

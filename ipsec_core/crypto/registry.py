@@ -48,6 +48,7 @@ BUILTIN_PLUGINS = (
     "ipsec_plugins.aesni",
     "ipsec_plugins.cryptodome",
     "ipsec_plugins.gpu",
+    "ipsec_plugins.ipsecmb",
 )
 #: Comma-separated entry-point names: only these third-party plugins load (built-ins always do).
 PLUGINS_ENV = "IPSEC_PLUGINS"

@@ -46,6 +46,7 @@ class PerfRecord:
     backend_names: str   # what the SA really bound, e.g. "aesni" or "aesni,cryptodome"
     allocator: str       # ipsec_core.vpn.tuning.allocator_state() during the run
     vectorised: bool     # whether the numpy batch path (ipsec_core.dataplane.esp.vec) was available
+    batch_path: str = ""  # the batch path that ran: bulk (one buffer), vec, fast, offload or loop
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -141,6 +142,17 @@ def bare_call(sa: SecurityAssociation, size: int, direction: str) -> tuple[Calla
     return (lambda: (mac(aad + iv + ct), cipher.decrypt(start, ct))), ()
 
 
+def batch_path(sa: SecurityAssociation, direction: str) -> str:
+    """Which batch path `protect_batch` / `unprotect_batch` of `sa` takes (for the record)."""
+    eng = sa.engine
+    if getattr(eng, "_offload", False):
+        return "offload"
+    fn = eng._fast_protect if direction == "protect" else eng._fast_unprotect
+    if fn is None:
+        return "loop"
+    return fn.__module__.rsplit(".", 1)[-1]
+
+
 def _bare_seconds(call: tuple[Callable, tuple], count: int) -> float:
     """Seconds for `count` bare calls in a plain Python loop."""
     fn, args = call
@@ -207,5 +219,6 @@ def measure(*, backend: str | None, proposal: str, size: int, count: int, batch:
             gbps=round(pps * size * 8 / 1e9, 4), bare_pps=round(bare_pps, 1),
             ratio=round(pps / bare_pps, 4), overhead_bytes=overhead, repeats=repeats,
             backend_names=out_sa.engine.backend_names, allocator=allocator_state(),
-            vectorised=esp_vec.available()))
+            vectorised=esp_vec.available(), batch_path=batch_path(out_sa if direction == "protect"
+                                                             else new_inbound(), direction)))
     return records

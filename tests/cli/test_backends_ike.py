@@ -6,13 +6,18 @@ import json
 from typer.testing import CliRunner
 
 from ipsec_core.cli import app
+from ipsec_core.crypto.registry import get_registry
 
 runner = CliRunner()
 IKE_KEYWORDS = ["prfsha1", "prfaesxcbc", "prfsha256", "prfsha384", "prfsha512", "prfaescmac",
                 "modp2048", "modp3072", "modp4096", "ecp256", "ecp384", "ecp521", "x25519", "x448"]
+FAMILY = {"prfsha1": "prf-hmac-sha1", "prfaesxcbc": "prf-aes128-xcbc",
+          "prfsha256": "prf-hmac-sha256", "prfsha384": "prf-hmac-sha384",
+          "prfsha512": "prf-hmac-sha512", "prfaescmac": "prf-aes128-cmac",
+          "x25519": "curve25519", "x448": "curve448"}
 
 
-def test_backends_json_lists_ike_algorithms():
+def test_backends_json_lists_ike_algorithms(preferred):
     result = runner.invoke(app, ["backends", "--json"])
     assert result.exit_code == 0, result.output
     by_name = {b["name"]: b for b in json.loads(result.stdout)}
@@ -21,7 +26,12 @@ def test_backends_json_lists_ike_algorithms():
     assert by_name["cryptodome"]["ike_algorithms"] == [k for k in IKE_KEYWORDS
                                                        if not k.startswith("modp")]
     assert "ecp256" in by_name["aesni"]["features"] and "prf-hmac-sha256" in by_name["aesni"]["features"]
-    assert set(IKE_KEYWORDS) <= set(by_name["aesni"]["default_for"])   # highest priority
+    # each goes to the highest-priority backend offering it (ipsecmb for the PRFs where its
+    # extension is built, aesni for the rest and everywhere else)
+    registry = get_registry()
+    for keyword in IKE_KEYWORDS:
+        best = preferred(registry, FAMILY.get(keyword, keyword), None)
+        assert keyword in by_name[best]["default_for"], (keyword, best)
     assert not by_name["cryptodome"]["failed"]
     assert "ecp256" not in by_name["aesni"]["algorithms"]           # ESP keywords stay apart
 

@@ -30,7 +30,7 @@ from ipsec_test_plugins import (bad_chooser, bad_transforms, chooser, hmac_only,
                                 wrong_vectors)
 
 runner = CliRunner()
-BUILTIN_NAMES = {"reference", "aesni", "cryptodome", "gpu"}
+BUILTIN_NAMES = {"reference", "aesni", "cryptodome", "gpu", "ipsecmb"}
 
 
 def invoke(*args):
@@ -255,7 +255,7 @@ def test_each_malformed_transform_is_refused_with_its_reason_the_good_ones_stay(
     assert parse_esp("aes128-sha256", catalog=registry.transforms).encr is EncrId.ENCR_AES_CBC
 
 
-def test_failing_vectors_refuse_the_transform_and_the_family_the_rest_works():
+def test_failing_vectors_refuse_the_transform_and_the_family_the_rest_works(preferred):
     registry = plugin_registry(toy_gcm, wrong_vectors)
     wrong = registry.transforms.by_id(1026)
     assert wrong.state == REFUSED
@@ -276,20 +276,24 @@ def test_failing_vectors_refuse_the_transform_and_the_family_the_rest_works():
     # the rest keeps working: the toy transform, the built-ins
     assert registry.transforms.by_id(toy_gcm.TOY_ID).state == OFFERED
     assert registry.select("toy-gcm", 128).name == "toy"
-    assert registry.select("aes-gcm", 256).name == "aesni"
+    assert registry.select("aes-gcm", 256).name == preferred(registry, "aes-gcm", 256)
 
 
 def test_transform_on_a_builtin_family_added_after_the_backends_is_checked_against_them():
+    # every available backend that offers AES-GCM with 128-bit keys (ipsecmb among them where
+    # its extension is built) runs the new transform's vectors
     registry = plugin_registry()
     vectors = [dict(v, id=v["id"].replace("toy", "priv")) for v in toy_gcm.vectors()]
     spec = EncrTransform(id=1050, name="ENCR_PRIVATE_AES_GCM_16", keywords={"aes128gcm16priv": 128},
                          kind="aead", family="aes-gcm", key_bits=(128,), iv_bytes=8, block_bytes=4,
                          salt_bytes=4, icv_bytes=16, vectors=vectors)
+    gcm128 = {r.name for r in registry.available() if r.offers("aes-gcm", 128)}
+    assert {"reference", "aesni", "cryptodome"} <= gcm128
     record = registry.add_transform(spec, plugin="tests")
     assert record.state == OFFERED
-    assert set(record.results) == {"reference", "aesni", "cryptodome"}
+    assert set(record.results) == gcm128
     assert all(r == {128: None} for r in record.results.values())
-    assert all(not registry.records[n].failed for n in ("reference", "aesni", "cryptodome"))
+    assert all(not registry.records[n].failed for n in gcm128)
     assert "aes128gcm16priv" in esp_keywords_for("aes-gcm", (128,), catalog=registry.transforms)
     # a transform whose family no backend declares stays known, and an SA says why it fails
     spec2 = EncrTransform(id=1051, name="ENCR_NOBODY", keywords={"nobody128": 128}, kind="aead",
@@ -318,10 +322,11 @@ def test_feature_accepts_plugin_families_only_once_registered():
 
 
 # -- backend choice ---------------------------------------------------------------------------
-def test_choose_hook_takes_part_in_the_choice_for_unnamed_backends():
+def test_choose_hook_takes_part_in_the_choice_for_unnamed_backends(preferred):
     registry = plugin_registry(chooser)
+    assert preferred(registry, "aes-gcm", 128) != "cryptodome"       # the hook changes the choice
     assert registry.select("aes-gcm", 128).name == "cryptodome"
-    assert registry.select("aes-cbc", 128).name == "aesni"            # no opinion: priority
+    assert registry.select("aes-cbc", 128).name == preferred(registry, "aes-cbc", 128)  # no opinion
     assert registry.select("aes-gcm", 128, backend="aesni").name == "aesni"  # named: exactly it
     out_cfg, _ = sa_configs("aes128gcm16", catalog=registry.transforms)
     assert SecurityAssociation(out_cfg, registry=registry, now=0.0).engine.backend_names == "cryptodome"
@@ -330,21 +335,22 @@ def test_choose_hook_takes_part_in_the_choice_for_unnamed_backends():
     assert registry.select("aes-gcm", 128).name == "cryptodome"
 
 
-def test_a_choice_that_is_not_a_candidate_refuses_the_sa():
+def test_a_choice_that_is_not_a_candidate_refuses_the_sa(preferred):
     registry = plugin_registry(bad_chooser)
     with pytest.raises(BackendError, match="plugin ipsec_test_plugins.bad_chooser chose backend "
                                            "'no-such-backend' for aes-gcm with 128-bit keys, which "
                                            "is not one of the candidates"):
         registry.select("aes-gcm", 128)
-    assert registry.select("aes-cbc", 128).name == "aesni"
+    assert registry.select("aes-cbc", 128).name == preferred(registry, "aes-cbc", 128)
 
 
-def test_preferring_keeps_the_usual_choice_for_what_the_backend_lacks():
+def test_preferring_keeps_the_usual_choice_for_what_the_backend_lacks(preferred):
     registry = plugin_registry(hmac_only)
+    assert preferred(registry, "hmac-sha256", None) != "stdlib-hmac"
     with registry.preferring("stdlib-hmac"):
         out_cfg, _ = sa_configs("aes128-sha256", catalog=registry.transforms)
         sa = SecurityAssociation(out_cfg, registry=registry, now=0.0)
-    assert sa.engine.backend_names == "aesni,stdlib-hmac"
+    assert sa.engine.backend_names == f"{preferred(registry, 'aes-cbc', 128)},stdlib-hmac"
     with pytest.raises(BackendError, match="not installed"):
         with registry.preferring("nosuch"):
             pass
@@ -406,12 +412,21 @@ def test_plugins_lists_broken_and_working_entry_points(fake_dist, process_regist
     assert invoke("selftest", "--family", "toy-gcm").exit_code == 0
 
 
-def test_backends_shows_which_backend_each_algorithm_gets(process_registry):
+def test_backends_shows_which_backend_each_algorithm_gets(process_registry, preferred):
     result = invoke("backends", "--json")
     assert result.exit_code == 0
     by_name = {b["name"]: b for b in json.loads(result.stdout)}
-    assert {"aes128gcm16", "aes256", "chacha20poly1305", "sha256", "aescmac"} <= set(
-        by_name["aesni"]["default_for"])
+    gets = {}
+    for name, row in by_name.items():
+        for algorithm in row["default_for"]:
+            assert algorithm not in gets, f"{algorithm} is the default of {gets[algorithm]} and {name}"
+            gets[algorithm] = name
+    registry = get_registry()
+    for algorithm, (family, bits, tag) in {
+            "aes128gcm16": ("aes-gcm", 128, 16), "aes256": ("aes-cbc", 256, None),
+            "chacha20poly1305": ("chacha20-poly1305", 256, 16), "sha256": ("hmac-sha256", None, None),
+            "aescmac": ("aes-cmac", 128, None), "aes192ccm16": ("aes-ccm", 192, 16)}.items():
+        assert gets[algorithm] == preferred(registry, family, bits, tag), algorithm
     assert by_name["reference"]["default_for"] == [] and by_name["gpu"]["default_for"] == []
     table = invoke("backends")
     assert "Default choice" in table.stdout

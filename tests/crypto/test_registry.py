@@ -12,7 +12,7 @@ from ipsec_core.crypto.base import Backend, Feature
 from ipsec_core.crypto.registry import BUILTIN_PLUGINS, Registry, get_registry
 from ipsec_core.errors import BackendError
 
-BUILTINS = {"reference", "aesni", "cryptodome", "gpu"}
+BUILTINS = {"reference", "aesni", "cryptodome", "gpu", "ipsecmb"}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ class BrokenGcmBackend(HmacOnlyBackend):
 
 
 # -- loading ----------------------------------------------------------------------------------
-def test_loads_the_four_builtins(registry):
+def test_loads_the_builtins(registry):
     assert BUILTINS <= set(registry.records)
     for name in BUILTINS:
         assert registry.records[name].plugin == f"ipsec_plugins.{name}"
@@ -109,7 +109,8 @@ def test_gpu_is_unavailable_with_a_reason(registry):
 def test_priorities_are_the_documented_ones(registry):
     order = [(r.name, r.backend.priority) for r in registry.available() if r.name in BUILTINS]
     gpu = [("gpu", 100)] if registry.records["gpu"].available else []
-    assert order == [("aesni", 300), ("cryptodome", 200), *gpu, ("reference", 10)]
+    ipsecmb = [("ipsecmb", 400)] if registry.records["ipsecmb"].available else []
+    assert order == [*ipsecmb, ("aesni", 300), ("cryptodome", 200), *gpu, ("reference", 10)]
 
 
 # -- selection --------------------------------------------------------------------------------
@@ -141,17 +142,20 @@ def test_select_named_backend_that_offers_it(registry):
     assert registry.select("hmac-sha1", None, backend="reference") is registry.records["reference"].backend
 
 
-def test_select_without_a_name_picks_the_highest_priority(registry, fresh):
+def test_select_without_a_name_picks_the_highest_priority(registry, fresh, preferred):
+    ipsecmb = registry.records["ipsecmb"]
     for family, bits in (("aes-gcm", 128), ("aes-ctr", 256), ("hmac-sha512", None),
-                         ("chacha20-poly1305", 256), ("aes-xcbc", 128)):
+                         ("chacha20-poly1305", 256), ("aes-xcbc", 128), ("aes-cmac", 128),
+                         ("aes-cmac", 192), ("aes-ccm", 128)):
         chosen = registry.select(family, bits)
-        best = max((r for r in registry.available() if r.offers(family, bits)),
-                   key=lambda r: r.backend.priority)
-        assert chosen is best.backend
-        assert chosen.name == "aesni"
+        assert chosen is registry.records[preferred(registry, family, bits)].backend
+        # ipsecmb (400) where it is available and offers the primitive, else aesni (300): it
+        # has no AES-CCM and no 192-bit CMAC, so those stay with aesni either way
+        top = "ipsecmb" if ipsecmb.available and ipsecmb.offers(family, bits) else "aesni"
+        assert chosen.name == top, (family, bits)
     fresh.add(HmacOnlyBackend())
     assert fresh.select("hmac-sha256", None).name == "hmac-only"
-    assert fresh.select("aes-gcm", 256).name == "aesni"
+    assert fresh.select("aes-gcm", 256).name == preferred(fresh, "aes-gcm", 256) != "hmac-only"
 
 
 def test_select_without_a_name_and_no_backend_offering_it(fresh):
@@ -160,7 +164,7 @@ def test_select_without_a_name_and_no_backend_offering_it(fresh):
 
 
 # -- the self-test at registration ------------------------------------------------------------
-def test_feature_that_fails_its_self_test_is_refused_with_the_reason(fresh):
+def test_feature_that_fails_its_self_test_is_refused_with_the_reason(fresh, preferred):
     record = fresh.add(BrokenGcmBackend(), plugin="tests")
     assert record.available
     assert record.features == [Feature("hmac-sha256")]
@@ -175,7 +179,7 @@ def test_feature_that_fails_its_self_test_is_refused_with_the_reason(fresh):
         fresh.select("aes-gcm", 128, backend="broken-gcm")
     assert "encrypt differs from the vector" in str(err.value)
     # never a silent pick of the broken feature, even at a higher priority than every built-in
-    assert fresh.select("aes-gcm", 128).name == "aesni"
+    assert fresh.select("aes-gcm", 128).name == preferred(fresh, "aes-gcm", 128) != "broken-gcm"
     assert fresh.select("hmac-sha256", None).name == "broken-gcm"
 
 

@@ -165,9 +165,12 @@ def test_sequence_overflow_inside_a_batch():
 def test_fast_path_is_used_where_expected():
     fast = SecurityAssociation(configs("aes128gcm16")[0], now=0.0)
     assert fast.engine._fast_protect is not None and fast.engine._fast_unprotect is not None
+    # ESN, cipher + integrity and IPv6 outside take the batch path on one buffer (esp.bulk)
     for proposal, kw in [("aes128gcm16-esn", {}), ("aes128-sha256", {}), ("aes128gcm16", {"outer": V6})]:
         sa = SecurityAssociation(configs(proposal, **kw)[0], now=0.0)
-        assert sa.engine._fast_protect is None
+        assert sa.engine._fast_protect.__qualname__ == "_Bulk.protect_batch"
+    sa = SecurityAssociation(configs("aes128gcm16", mode="transport")[0], now=0.0)
+    assert sa.engine._fast_protect.__qualname__ != "_Bulk.protect_batch"
 
 
 # -- backends with a native batch AEAD (encrypt_batch / decrypt_batch), as the GPU has --------

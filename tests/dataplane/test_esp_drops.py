@@ -167,8 +167,17 @@ def _min_esp(sa: SecurityAssociation) -> int:
     return 8 + info.iv_bytes + block_of(sa) + sa.engine.icv_bytes
 
 
+def _offers(backend: str, keyword: str) -> bool:
+    """Whether `backend` computes `keyword`'s cipher (ipsecmb has no AES-CCM, for one)."""
+    prop = parse_esp(keyword)
+    info = prop.encr_info
+    if info.family is None or not prop.key_bits:      # null encryption
+        return True
+    return REGISTRY.get(backend).offers(info.family, prop.key_bits, info.icv_bytes or None)
+
+
 def _params(keywords=KEYWORDS):
-    return [pytest.param(k, b, id=f"{k}[{b}]") for k in keywords for b in BACKENDS]
+    return [pytest.param(k, b, id=f"{k}[{b}]") for k in keywords for b in BACKENDS if _offers(b, k)]
 
 
 # ----------------------------------------------------------------------------------------------

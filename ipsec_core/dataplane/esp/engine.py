@@ -15,6 +15,7 @@ import os
 import secrets
 import struct
 
+from ipsec_core.crypto.base import BatchAead, BatchEncryptThenMac
 from ipsec_core.dataplane.esp import offload as esp_offload
 from ipsec_core.errors import AuthenticationError, DropReason, LocalError, PacketDropped
 from ipsec_core.wire.ip import (IPPROTO_ESP, IPPROTO_FRAGMENT, IPPROTO_IPIP, IPPROTO_IPV6,
@@ -96,6 +97,22 @@ class EspEngine:
             self._fast_protect, self._fast_unprotect = transport_paths(self)
         if self.tfc_pad_to or self.df_bit != "copy":
             self._fast_protect = None      # the fast loop writes neither TFC padding nor DF policy
+        # The batch path on one buffer (`bulk`): taken when the backend computes a batch in one
+        # call (ipsecmb), or where no older fast path covers the SA (cipher + integrity, ESN,
+        # IPv6 outside); an AEAD without a batch call keeps `vec`, faster for it (RESULTS.md).
+        self.chain = None
+        if self.kind in (CipherKind.CIPHER, CipherKind.NULL):
+            from ipsec_core.dataplane.esp.bulk import make_chain
+            self.chain = make_chain(self, mac_backend)
+        from ipsec_core.dataplane.esp.bulk import LoopAead, LoopEncryptThenMac, bulk_paths
+        bulk_protect, bulk_unprotect = bulk_paths(self)
+        crypto = self.aead if self.aead is not None else self.chain
+        native = crypto is not None and not isinstance(crypto, (LoopAead, LoopEncryptThenMac)) and (
+            isinstance(crypto, (BatchAead, BatchEncryptThenMac)))
+        if bulk_protect is not None and (native or self._fast_protect is None):
+            self._fast_protect = bulk_protect
+        if bulk_unprotect is not None and (native or self._fast_unprotect is None):
+            self._fast_unprotect = bulk_unprotect
         # A backend that seals many packets per call (the GPU) gets whole batches.
         self._offload = self.aead is not None and hasattr(self.aead, "encrypt_batch")
 
@@ -406,6 +423,16 @@ class EspEngine:
 
     def unprotect_batch_generic(self, packets: list[bytes], now: float) -> list:
         return unprotect_each(self.unprotect, packets, now)
+
+    def wipe(self) -> None:
+        """Drop the keyed primitives, the salt and the batch paths that hold them
+        (`SecurityAssociation.wipe`, best effort); the SA refuses every later packet."""
+        self.aead = self.cipher = self.mac = None
+        if getattr(self, "chain", None) is not None:
+            self.chain = None
+        self.salt = b""
+        self._fast_protect = self._fast_unprotect = None
+        self._offload = False
 
 
 def _fill_udp6_checksum(packet: bytes, udp_at: int) -> bytes:

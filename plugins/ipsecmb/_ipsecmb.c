@@ -1,0 +1,1322 @@
+/* The ipsecmb backend's C extension: intel-ipsec-mb primitives bound to one key each.
+ *
+ * Owns: expanding a key once (at object creation), computing one message or a batch of
+ * messages laid out in one caller-owned buffer, and wiping the expanded keys when the object
+ * goes.  Must not: hold any protocol rule (nonces, ICV truncation on the wire, padding,
+ * sequence numbers live in ipsec_core), or keep a pointer into a caller's buffer after a call
+ * returns.
+ *
+ * Memory safety, the rules every entry point follows:
+ * - every buffer is taken through the buffer protocol and released before returning;
+ * - every offset and length is checked against the buffer it indexes before any byte is
+ *   touched (64-bit arithmetic, negative values refused), and a bad batch raises ValueError
+ *   without computing anything;
+ * - the GIL is released while the library computes (the buffers stay exported, so a
+ *   bytearray cannot be resized meanwhile); each thread has its own IMB_MGR.
+ *
+ * Types: Aead (aes-gcm, chacha20-poly1305), Cipher (aes-cbc, aes-ctr), Mac (hmac-sha1/256/
+ * 384/512, aes-xcbc, aes-cmac) and Chain (a Cipher or none, then a Mac: ESP's
+ * encrypt-then-MAC over a batch through the multi-buffer job API).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <intel-ipsec-mb.h>
+
+/* Single messages shorter than this keep the GIL: handing it over costs more than the work. */
+#define GIL_RELEASE_BYTES 4096
+/* Most messages one batch call takes (the job API's scratch is sized per call). */
+#define MAX_BATCH (1 << 20)
+
+enum kind {
+    K_GCM = 1, K_CHACHA, K_CBC, K_CTR,
+    K_HMAC_SHA1, K_HMAC_SHA256, K_HMAC_SHA384, K_HMAC_SHA512, K_XCBC, K_CMAC,
+};
+
+static __thread IMB_MGR *tls_mgr;     /* one per thread, never shared: the GIL is released */
+
+static IMB_MGR *
+get_mgr(void)
+{
+    if (tls_mgr == NULL) {
+        IMB_MGR *m = alloc_mb_mgr(0);
+        if (m == NULL) {
+            PyErr_SetString(PyExc_MemoryError, "intel-ipsec-mb: alloc_mb_mgr failed");
+            return NULL;
+        }
+        init_mb_mgr_auto(m, NULL);
+        if (imb_get_errno(m) != 0) {
+            PyErr_Format(PyExc_RuntimeError, "intel-ipsec-mb: init_mb_mgr_auto failed: %s",
+                         imb_get_strerror(imb_get_errno(m)));
+            free_mb_mgr(m);
+            return NULL;
+        }
+        tls_mgr = m;
+    }
+    return tls_mgr;
+}
+
+static void *
+aligned_key(size_t size)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, size) != 0)
+        return NULL;
+    memset(p, 0, size);
+    return p;
+}
+
+static void
+wipe_free(void *p, size_t size)
+{
+    if (p != NULL) {
+        explicit_bzero(p, size);
+        free(p);
+    }
+}
+
+/* Constant-time compare of n bytes: 0 when equal. */
+static int
+ct_diff(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    uint8_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d |= a[i] ^ b[i];
+    return d;
+}
+
+static const uint8_t EMPTY[64];
+
+/* ---------------------------------------------------------------------------------------- */
+/* buffers                                                                                  */
+
+/* An int64 vector of `n` items (or any n if n < 0) from a buffer; fills *n. */
+static int
+get_i64(PyObject *obj, Py_buffer *view, Py_ssize_t *n, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    if (view->itemsize != 8 || (strcmp(f, "q") && strcmp(f, "l")) || view->ndim > 1) {
+        PyErr_Format(PyExc_TypeError, "%s must be a 1-d int64 array (numpy dtype int64), "
+                     "not format %s", name, view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    Py_ssize_t items = view->len / 8;
+    if (*n >= 0 && items != *n) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd items, expected %zd", name, items, *n);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    *n = items;
+    return 0;
+}
+
+/* A bytes-like of exactly n * width bytes (width > 0), or of n * w bytes with w derived when
+ * *width is -1 (then n must be > 0 or the buffer empty). */
+static int
+get_rows(PyObject *obj, Py_buffer *view, Py_ssize_t n, Py_ssize_t *width, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (*width < 0) {
+        if (n == 0) {
+            *width = 0;
+            return 0;
+        }
+        if (view->len % n) {
+            PyErr_Format(PyExc_ValueError, "%s: %zd bytes do not split into %zd equal rows",
+                         name, view->len, n);
+            PyBuffer_Release(view);
+            return -1;
+        }
+        *width = view->len / n;
+        return 0;
+    }
+    if (view->len != n * *width) {
+        PyErr_Format(PyExc_ValueError, "%s must be %zd bytes (%zd x %zd), not %zd", name,
+                     n * *width, n, *width, view->len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* Check that [off + lo, off + len + hi) lies inside a buffer of `size` bytes, for every item;
+ * lo <= 0 <= hi are fixed extents around each region. */
+static int
+check_regions(const int64_t *off, const int64_t *len, Py_ssize_t n, Py_ssize_t size,
+              int64_t lo, int64_t hi, int64_t min_len, int64_t max_len, const char *what)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t o = off[i], l = len[i];
+        if (o < 0 || l < min_len || l > max_len) {
+            PyErr_Format(PyExc_ValueError, "%s %zd: offset %lld / length %lld out of range "
+                         "(length %lld..%lld)", what, i, (long long)o, (long long)l,
+                         (long long)min_len, (long long)max_len);
+            return -1;
+        }
+        if (o + lo < 0 || (uint64_t)o + (uint64_t)l + (uint64_t)hi > (uint64_t)size) {
+            PyErr_Format(PyExc_ValueError, "%s %zd: bytes %lld..%lld are outside the %zd-byte "
+                         "buffer", what, i, (long long)(o + lo), (long long)(o + l + hi), size);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Aead                                                                                     */
+
+typedef struct {
+    PyObject_HEAD
+    int kind;
+    int key_len;
+    int tag_bytes;
+    void *key;             /* struct gcm_key_data, or the 32-byte ChaCha20 key */
+    size_t key_size;
+    PyObject *auth_error;  /* raised by decrypt on a bad tag */
+} AeadObject;
+
+static void
+aead_dealloc(AeadObject *self)
+{
+    wipe_free(self->key, self->key_size);
+    self->key = NULL;
+    Py_CLEAR(self->auth_error);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+aead_init(AeadObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"kind", "key", "tag_bytes", "auth_error", NULL};
+    int kind, tag;
+    Py_buffer key;
+    PyObject *err;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*iO", kwlist, &kind, &key, &tag, &err))
+        return -1;
+    IMB_MGR *mgr = get_mgr();
+    int rc = -1;
+    if (mgr == NULL)
+        goto out;
+    if (self->key != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Aead is initialised once");
+        goto out;
+    }
+    if (kind == K_GCM) {
+        if (key.len != 16 && key.len != 24 && key.len != 32) {
+            PyErr_Format(PyExc_ValueError, "aes-gcm key must be 16, 24 or 32 bytes, not %zd", key.len);
+            goto out;
+        }
+        if (tag != 8 && tag != 12 && tag != 16) {
+            PyErr_Format(PyExc_ValueError, "aes-gcm tag must be 8, 12 or 16 bytes, not %d", tag);
+            goto out;
+        }
+        self->key_size = sizeof(struct gcm_key_data);
+        self->key = aligned_key(self->key_size);
+        if (self->key == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        if (key.len == 16)
+            IMB_AES128_GCM_PRE(mgr, key.buf, self->key);
+        else if (key.len == 24)
+            IMB_AES192_GCM_PRE(mgr, key.buf, self->key);
+        else
+            IMB_AES256_GCM_PRE(mgr, key.buf, self->key);
+    } else if (kind == K_CHACHA) {
+        if (key.len != 32 || tag != 16) {
+            PyErr_SetString(PyExc_ValueError, "chacha20-poly1305 takes a 32-byte key and a 16-byte tag");
+            goto out;
+        }
+        self->key_size = 32;
+        self->key = aligned_key(32);
+        if (self->key == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        memcpy(self->key, key.buf, 32);
+    } else {
+        PyErr_Format(PyExc_ValueError, "Aead kind %d is not an AEAD", kind);
+        goto out;
+    }
+    self->kind = kind;
+    self->key_len = (int)key.len;
+    self->tag_bytes = tag;
+    Py_INCREF(err);
+    Py_XSETREF(self->auth_error, err);
+    rc = 0;
+out:
+    PyBuffer_Release(&key);
+    return rc;
+}
+
+/* Seal (enc=1) or open one message; `tag` receives the computed tag (16 bytes of room). */
+static void
+aead_one(IMB_MGR *mgr, const AeadObject *self, int enc, const uint8_t *iv, const uint8_t *src,
+         uint8_t *dst, uint64_t len, const uint8_t *aad, uint64_t aad_len, uint8_t *tag)
+{
+    if (self->kind == K_GCM) {
+        struct gcm_context_data ctx;
+        uint64_t t = (uint64_t)self->tag_bytes;
+        if (len == 0) {   /* the library wants a valid pointer even for nothing */
+            src = EMPTY;
+            dst = (uint8_t *)tag + 16;   /* never written: len is 0 */
+        }
+        if (aad_len == 0)
+            aad = EMPTY;
+        if (enc) {
+            if (self->key_len == 16)
+                IMB_AES128_GCM_ENC(mgr, self->key, &ctx, dst, src, len, iv, aad, aad_len, tag, t);
+            else if (self->key_len == 24)
+                IMB_AES192_GCM_ENC(mgr, self->key, &ctx, dst, src, len, iv, aad, aad_len, tag, t);
+            else
+                IMB_AES256_GCM_ENC(mgr, self->key, &ctx, dst, src, len, iv, aad, aad_len, tag, t);
+        } else {
+            if (self->key_len == 16)
+                IMB_AES128_GCM_DEC(mgr, self->key, &ctx, dst, src, len, iv, aad, aad_len, tag, t);
+            else if (self->key_len == 24)
+                IMB_AES192_GCM_DEC(mgr, self->key, &ctx, dst, src, len, iv, aad, aad_len, tag, t);
+            else
+                IMB_AES256_GCM_DEC(mgr, self->key, &ctx, dst, src, len, iv, aad, aad_len, tag, t);
+        }
+        explicit_bzero(&ctx, sizeof ctx);
+    } else {
+        struct chacha20_poly1305_context_data ctx;
+        if (aad_len == 0)
+            aad = EMPTY;
+        IMB_CHACHA20_POLY1305_INIT(mgr, self->key, &ctx, iv, aad, aad_len);
+        if (enc) {
+            if (len)
+                IMB_CHACHA20_POLY1305_ENC_UPDATE(mgr, self->key, &ctx, dst, src, len);
+            IMB_CHACHA20_POLY1305_ENC_FINALIZE(mgr, &ctx, tag, 16);
+        } else {
+            if (len)
+                IMB_CHACHA20_POLY1305_DEC_UPDATE(mgr, self->key, &ctx, dst, src, len);
+            IMB_CHACHA20_POLY1305_DEC_FINALIZE(mgr, &ctx, tag, 16);
+        }
+        explicit_bzero(&ctx, sizeof ctx);
+    }
+}
+
+static PyObject *
+aead_encrypt(AeadObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer nonce = {0}, pt = {0}, aad = {0};
+    PyObject *out = NULL;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "encrypt(nonce, plaintext, aad)");
+        return NULL;
+    }
+    if (self->key == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Aead not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &nonce, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &pt, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (PyObject_GetBuffer(args[2], &aad, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (nonce.len != 12) {
+        PyErr_Format(PyExc_ValueError, "nonce must be 12 bytes, not %zd", nonce.len);
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, pt.len + self->tag_bytes);
+    if (out == NULL)
+        goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    uint8_t tag[32];
+    if (pt.len >= GIL_RELEASE_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        aead_one(mgr, self, 1, nonce.buf, pt.buf, o, pt.len, aad.buf, aad.len, tag);
+        Py_END_ALLOW_THREADS
+    } else {
+        aead_one(mgr, self, 1, nonce.buf, pt.buf, o, pt.len, aad.buf, aad.len, tag);
+    }
+    memcpy(o + pt.len, tag, self->tag_bytes);
+done:
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&pt);
+    PyBuffer_Release(&aad);
+    return out;
+}
+
+static PyObject *
+aead_decrypt(AeadObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer nonce = {0}, ct = {0}, aad = {0};
+    PyObject *out = NULL;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decrypt(nonce, ciphertext_and_tag, aad)");
+        return NULL;
+    }
+    if (self->key == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Aead not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &nonce, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &ct, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (PyObject_GetBuffer(args[2], &aad, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (nonce.len != 12) {
+        PyErr_Format(PyExc_ValueError, "nonce must be 12 bytes, not %zd", nonce.len);
+        goto done;
+    }
+    Py_ssize_t t = self->tag_bytes;
+    if (ct.len < t) {
+        PyErr_SetString(self->auth_error, "AEAD input shorter than its tag");
+        goto done;
+    }
+    Py_ssize_t n = ct.len - t;
+    out = PyBytes_FromStringAndSize(NULL, n);
+    if (out == NULL)
+        goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    uint8_t tag[32];
+    int bad;
+    if (n >= GIL_RELEASE_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        aead_one(mgr, self, 0, nonce.buf, ct.buf, o, n, aad.buf, aad.len, tag);
+        Py_END_ALLOW_THREADS
+    } else {
+        aead_one(mgr, self, 0, nonce.buf, ct.buf, o, n, aad.buf, aad.len, tag);
+    }
+    bad = ct_diff(tag, (const uint8_t *)ct.buf + n, t);
+    if (bad) {
+        Py_CLEAR(out);           /* the plaintext of a forged message never leaves */
+        PyErr_SetString(self->auth_error, "AEAD tag does not verify");
+    }
+done:
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&ct);
+    PyBuffer_Release(&aad);
+    return out;
+}
+
+/* seal_batch / open_batch(buf, offsets, lengths, nonces, aads):
+ * message i is buf[offsets[i] : offsets[i] + lengths[i]], computed in place, its tag right
+ * after it; nonces is n x 12 bytes, aads n x w bytes (w = len(aads) / n, the same for all).
+ * open_batch returns n verdict bytes: 1 where the tag verifies, 0 where it does not. */
+static PyObject *
+aead_batch(AeadObject *self, PyObject *args, int enc)
+{
+    PyObject *bo, *oo, *lo, *no, *ao;
+    Py_buffer buf = {0}, offs = {0}, lens = {0}, nonces = {0}, aads = {0};
+    PyObject *result = NULL;
+    uint8_t *verdicts = NULL;
+    if (!PyArg_ParseTuple(args, enc ? "OOOOO:seal_batch" : "OOOOO:open_batch",
+                          &bo, &oo, &lo, &no, &ao))
+        return NULL;
+    if (self->key == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Aead not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    Py_ssize_t n = -1, nw = 12, aw = -1;
+    if (PyObject_GetBuffer(bo, &buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (get_i64(oo, &offs, &n, "offsets") < 0)
+        goto done;
+    if (get_i64(lo, &lens, &n, "lengths") < 0)
+        goto done;
+    if (n > MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, n);
+        goto done;
+    }
+    if (get_rows(no, &nonces, n, &nw, "nonces") < 0)
+        goto done;
+    if (get_rows(ao, &aads, n, &aw, "aads") < 0)
+        goto done;
+    int64_t t = self->tag_bytes;
+    if (check_regions(offs.buf, lens.buf, n, buf.len, 0, t, 0, INT64_MAX / 4, "message") < 0)
+        goto done;
+    if (!enc) {
+        result = PyBytes_FromStringAndSize(NULL, n);
+        if (result == NULL)
+            goto done;
+        verdicts = (uint8_t *)PyBytes_AS_STRING(result);
+    }
+    const int64_t *off = offs.buf, *len = lens.buf;
+    uint8_t *base = buf.buf;
+    const uint8_t *nb = nonces.buf, *ab = aads.buf;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t tag[32];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *m = base + off[i];
+        aead_one(mgr, self, enc, nb + 12 * i, m, m, (uint64_t)len[i], ab + aw * i,
+                 (uint64_t)aw, tag);
+        if (enc)
+            memcpy(m + len[i], tag, (size_t)t);
+        else
+            verdicts[i] = !ct_diff(tag, m + len[i], (size_t)t);
+    }
+    Py_END_ALLOW_THREADS
+    if (enc) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&nonces);
+    PyBuffer_Release(&aads);
+    return result;
+}
+
+static PyObject *aead_seal_batch(AeadObject *s, PyObject *a) { return aead_batch(s, a, 1); }
+static PyObject *aead_open_batch(AeadObject *s, PyObject *a) { return aead_batch(s, a, 0); }
+
+static PyMethodDef aead_methods[] = {
+    {"encrypt", (PyCFunction)(void (*)(void))aead_encrypt, METH_FASTCALL,
+     "encrypt(nonce, plaintext, aad) -> ciphertext || tag"},
+    {"decrypt", (PyCFunction)(void (*)(void))aead_decrypt, METH_FASTCALL,
+     "decrypt(nonce, ciphertext_and_tag, aad) -> plaintext; raises auth_error on a bad tag"},
+    {"seal_batch", (PyCFunction)aead_seal_batch, METH_VARARGS,
+     "seal_batch(buf, offsets, lengths, nonces, aads): encrypt in place, tags after each message"},
+    {"open_batch", (PyCFunction)aead_open_batch, METH_VARARGS,
+     "open_batch(buf, offsets, lengths, nonces, aads) -> verdict bytes (1 = tag verifies)"},
+    {NULL}
+};
+
+static PyObject *
+aead_get_tag(AeadObject *self, void *c) { return PyLong_FromLong(self->tag_bytes); }
+
+static PyGetSetDef aead_getset[] = {
+    {"tag_bytes", (getter)aead_get_tag, NULL, "tag length in bytes", NULL},
+    {NULL}
+};
+
+static PyTypeObject AeadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipsec_plugins.ipsecmb._ipsecmb.Aead",
+    .tp_basicsize = sizeof(AeadObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Aead(kind, key, tag_bytes, auth_error): AES-GCM or ChaCha20-Poly1305 on one key",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)aead_init,
+    .tp_dealloc = (destructor)aead_dealloc,
+    .tp_methods = aead_methods,
+    .tp_getset = aead_getset,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Cipher (AES-CBC, AES-CTR)                                                               */
+
+typedef struct {
+    uint8_t enc[16 * 15];
+    uint8_t dec[16 * 15];
+} aes_keys;
+
+typedef struct {
+    PyObject_HEAD
+    int kind;
+    int key_len;
+    aes_keys *keys;
+} CipherObject;
+
+static void
+cipher_dealloc(CipherObject *self)
+{
+    wipe_free(self->keys, sizeof(aes_keys));
+    self->keys = NULL;
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+expand_aes(IMB_MGR *mgr, const uint8_t *key, Py_ssize_t len, aes_keys **out)
+{
+    if (len != 16 && len != 24 && len != 32) {
+        PyErr_Format(PyExc_ValueError, "AES key must be 16, 24 or 32 bytes, not %zd", len);
+        return -1;
+    }
+    aes_keys *k = aligned_key(sizeof(aes_keys));
+    if (k == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (len == 16)
+        IMB_AES_KEYEXP_128(mgr, key, k->enc, k->dec);
+    else if (len == 24)
+        IMB_AES_KEYEXP_192(mgr, key, k->enc, k->dec);
+    else
+        IMB_AES_KEYEXP_256(mgr, key, k->enc, k->dec);
+    *out = k;
+    return 0;
+}
+
+static int
+cipher_init(CipherObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"kind", "key", NULL};
+    int kind;
+    Py_buffer key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*", kwlist, &kind, &key))
+        return -1;
+    int rc = -1;
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        goto out;
+    if (self->keys != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Cipher is initialised once");
+        goto out;
+    }
+    if (kind != K_CBC && kind != K_CTR) {
+        PyErr_Format(PyExc_ValueError, "Cipher kind %d is not a cipher", kind);
+        goto out;
+    }
+    if (expand_aes(mgr, key.buf, key.len, &self->keys) < 0)
+        goto out;
+    self->kind = kind;
+    self->key_len = (int)key.len;
+    rc = 0;
+out:
+    PyBuffer_Release(&key);
+    return rc;
+}
+
+/* Fill the cipher part of a job. */
+static void
+cipher_job(IMB_JOB *job, const CipherObject *c, int enc, const uint8_t *iv)
+{
+    job->cipher_mode = c->kind == K_CBC ? IMB_CIPHER_CBC : IMB_CIPHER_CNTR;
+    job->cipher_direction = (enc || c->kind == K_CTR) ? IMB_DIR_ENCRYPT : IMB_DIR_DECRYPT;
+    job->enc_keys = c->keys->enc;
+    job->dec_keys = c->keys->dec;
+    job->key_len_in_bytes = (uint64_t)c->key_len;
+    job->iv = iv;
+    job->iv_len_in_bytes = 16;
+}
+
+/* Run one job to completion (the manager may hold others: none here, we flush). */
+static int
+run_one(IMB_MGR *mgr)
+{
+    int status = IMB_STATUS_COMPLETED;
+    IMB_JOB *job = IMB_SUBMIT_JOB(mgr);
+    while (job != NULL) {
+        if (job->status != IMB_STATUS_COMPLETED)
+            status = job->status;
+        job = IMB_GET_COMPLETED_JOB(mgr);
+    }
+    while ((job = IMB_FLUSH_JOB(mgr)) != NULL)
+        if (job->status != IMB_STATUS_COMPLETED)
+            status = job->status;
+    return status;
+}
+
+/* CTR over `len` bytes from the 16-byte counter block `iv`, carrying into all 128 bits: the
+ * library counts in the low 32 bits only, so a run that would wrap them is split there. */
+static int
+ctr_crypt(IMB_MGR *mgr, const CipherObject *c, const uint8_t *iv, const uint8_t *src,
+          uint8_t *dst, uint64_t len)
+{
+    uint8_t block[16];
+    memcpy(block, iv, 16);
+    while (len) {
+        uint64_t low = 0;
+        for (int i = 12; i < 16; i++)
+            low = (low << 8) | block[i];
+        uint64_t left = (UINT64_C(1) << 32) - low;  /* blocks before the low word wraps */
+        uint64_t room = left > len / 16 ? len : left * 16;
+        IMB_JOB *job = IMB_GET_NEXT_JOB(mgr);
+        cipher_job(job, c, 1, block);
+        job->hash_alg = IMB_AUTH_NULL;
+        job->chain_order = IMB_ORDER_CIPHER_HASH;
+        job->src = src;
+        job->dst = dst;
+        job->cipher_start_src_offset_in_bytes = 0;
+        job->msg_len_to_cipher_in_bytes = room;
+        if (run_one(mgr) != IMB_STATUS_COMPLETED)
+            return -1;
+        src += room;
+        dst += room;
+        len -= room;
+        /* next counter block: the low word wrapped to 0, carry into the 96 bits above it */
+        memset(block + 12, 0, 4);
+        for (int i = 11; i >= 0 && ++block[i] == 0; i--)
+            ;
+    }
+    return 0;
+}
+
+static PyObject *
+cipher_crypt(CipherObject *self, PyObject *const *args, Py_ssize_t nargs, int enc)
+{
+    Py_buffer iv = {0}, data = {0};
+    PyObject *out = NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "encrypt(iv, data) / decrypt(iv, data)");
+        return NULL;
+    }
+    if (self->keys == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Cipher not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &iv, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (iv.len != 16) {
+        PyErr_Format(PyExc_ValueError, "IV must be 16 bytes, not %zd", iv.len);
+        goto done;
+    }
+    if (self->kind == K_CBC && data.len % 16) {
+        PyErr_Format(PyExc_ValueError, "aes-cbc data must be a multiple of 16 bytes, not %zd",
+                     data.len);
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, data.len);
+    if (out == NULL || data.len == 0)
+        goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    if (self->kind == K_CTR) {
+        rc = ctr_crypt(mgr, self, iv.buf, data.buf, o, (uint64_t)data.len);
+    } else {
+        IMB_JOB *job = IMB_GET_NEXT_JOB(mgr);
+        cipher_job(job, self, enc, iv.buf);
+        job->hash_alg = IMB_AUTH_NULL;
+        job->chain_order = enc ? IMB_ORDER_CIPHER_HASH : IMB_ORDER_HASH_CIPHER;
+        job->src = data.buf;
+        job->dst = o;
+        job->cipher_start_src_offset_in_bytes = 0;
+        job->msg_len_to_cipher_in_bytes = (uint64_t)data.len;
+        rc = run_one(mgr) == IMB_STATUS_COMPLETED ? 0 : -1;
+    }
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        Py_CLEAR(out);
+        PyErr_Format(PyExc_RuntimeError, "intel-ipsec-mb refused the cipher job: %s",
+                     imb_get_strerror(imb_get_errno(mgr)));
+    }
+done:
+    PyBuffer_Release(&iv);
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyObject *cipher_encrypt(CipherObject *s, PyObject *const *a, Py_ssize_t n) { return cipher_crypt(s, a, n, 1); }
+static PyObject *cipher_decrypt(CipherObject *s, PyObject *const *a, Py_ssize_t n) { return cipher_crypt(s, a, n, 0); }
+
+static PyMethodDef cipher_methods[] = {
+    {"encrypt", (PyCFunction)(void (*)(void))cipher_encrypt, METH_FASTCALL, "encrypt(iv, data)"},
+    {"decrypt", (PyCFunction)(void (*)(void))cipher_decrypt, METH_FASTCALL, "decrypt(iv, data)"},
+    {NULL}
+};
+
+static PyTypeObject CipherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipsec_plugins.ipsecmb._ipsecmb.Cipher",
+    .tp_basicsize = sizeof(CipherObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Cipher(kind, key): AES-CBC (no padding) or AES-CTR (16-byte counter block)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cipher_init,
+    .tp_dealloc = (destructor)cipher_dealloc,
+    .tp_methods = cipher_methods,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Mac                                                                                      */
+
+typedef struct {
+    uint8_t ipad[64];       /* HMAC: hashed key ^ ipad; CMAC: subkey 1; XCBC: k2 */
+    uint8_t opad[64];       /* HMAC: hashed key ^ opad; CMAC: subkey 2; XCBC: k3 */
+    uint8_t block_i[128];   /* HMAC: key ^ ipad, one block (the long-message path) */
+    uint8_t block_o[128];
+    aes_keys aes;           /* CMAC: the key's schedule; XCBC: k1's */
+} mac_keys;
+
+typedef struct {
+    PyObject_HEAD
+    int kind;
+    int key_len;
+    int digest;             /* full output bytes */
+    int block;              /* HMAC block bytes */
+    mac_keys *keys;
+} MacObject;
+
+static void
+mac_dealloc(MacObject *self)
+{
+    wipe_free(self->keys, sizeof(mac_keys));
+    self->keys = NULL;
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static IMB_HASH_ALG
+mac_alg(const MacObject *m)
+{
+    switch (m->kind) {
+    case K_HMAC_SHA1: return IMB_AUTH_HMAC_SHA_1;
+    case K_HMAC_SHA256: return IMB_AUTH_HMAC_SHA_256;
+    case K_HMAC_SHA384: return IMB_AUTH_HMAC_SHA_384;
+    case K_HMAC_SHA512: return IMB_AUTH_HMAC_SHA_512;
+    case K_XCBC: return IMB_AUTH_AES_XCBC;
+    default: return m->key_len == 32 ? IMB_AUTH_AES_CMAC_256 : IMB_AUTH_AES_CMAC;
+    }
+}
+
+static void
+plain_hash(IMB_MGR *mgr, int kind, const uint8_t *src, uint64_t len, uint8_t *out)
+{
+    switch (kind) {
+    case K_HMAC_SHA1: IMB_SHA1(mgr, src, len, out); break;
+    case K_HMAC_SHA256: IMB_SHA256(mgr, src, len, out); break;
+    case K_HMAC_SHA384: IMB_SHA384(mgr, src, len, out); break;
+    default: IMB_SHA512(mgr, src, len, out); break;
+    }
+}
+
+static void
+one_block(IMB_MGR *mgr, int kind, const uint8_t *src, uint8_t *out)
+{
+    switch (kind) {
+    case K_HMAC_SHA1: IMB_SHA1_ONE_BLOCK(mgr, src, out); break;
+    case K_HMAC_SHA256: IMB_SHA256_ONE_BLOCK(mgr, src, out); break;
+    case K_HMAC_SHA384: IMB_SHA384_ONE_BLOCK(mgr, src, out); break;
+    default: IMB_SHA512_ONE_BLOCK(mgr, src, out); break;
+    }
+}
+
+static int
+mac_init(MacObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"kind", "key", NULL};
+    int kind;
+    Py_buffer key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iy*", kwlist, &kind, &key))
+        return -1;
+    int rc = -1;
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        goto out;
+    if (self->keys != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Mac is initialised once");
+        goto out;
+    }
+    mac_keys *k = aligned_key(sizeof(mac_keys));
+    if (k == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    self->keys = k;
+    self->kind = kind;
+    self->key_len = (int)key.len;
+    switch (kind) {
+    case K_HMAC_SHA1: self->digest = 20; self->block = 64; break;
+    case K_HMAC_SHA256: self->digest = 32; self->block = 64; break;
+    case K_HMAC_SHA384: self->digest = 48; self->block = 128; break;
+    case K_HMAC_SHA512: self->digest = 64; self->block = 128; break;
+    case K_XCBC:
+        if (key.len != 16) {
+            PyErr_Format(PyExc_ValueError, "AES-XCBC-MAC takes a 16-byte key, not %zd", key.len);
+            goto out;
+        }
+        self->digest = 16;
+        IMB_AES_XCBC_KEYEXP(mgr, key.buf, k->aes.enc, k->ipad, k->opad);
+        rc = 0;
+        goto out;
+    case K_CMAC:
+        if (key.len != 16 && key.len != 32) {
+            PyErr_Format(PyExc_ValueError, "aes-cmac here takes a 16- or 32-byte key, not %zd",
+                         key.len);
+            goto out;
+        }
+        self->digest = 16;
+        if (key.len == 16) {
+            IMB_AES_KEYEXP_128(mgr, key.buf, k->aes.enc, k->aes.dec);
+            IMB_AES_CMAC_SUBKEY_GEN_128(mgr, k->aes.enc, k->ipad, k->opad);
+        } else {
+            IMB_AES_KEYEXP_256(mgr, key.buf, k->aes.enc, k->aes.dec);
+            IMB_AES_CMAC_SUBKEY_GEN_256(mgr, k->aes.enc, k->ipad, k->opad);
+        }
+        rc = 0;
+        goto out;
+    default:
+        PyErr_Format(PyExc_ValueError, "Mac kind %d is not a MAC", kind);
+        goto out;
+    }
+    /* HMAC (RFC 2104): a key longer than a block is hashed first. */
+    uint8_t kb[128] = {0};
+    if (key.len > self->block)
+        plain_hash(mgr, kind, key.buf, (uint64_t)key.len, kb);
+    else
+        memcpy(kb, key.buf, (size_t)key.len);
+    for (int i = 0; i < self->block; i++) {
+        k->block_i[i] = kb[i] ^ 0x36;
+        k->block_o[i] = kb[i] ^ 0x5c;
+    }
+    explicit_bzero(kb, sizeof kb);
+    one_block(mgr, kind, k->block_i, k->ipad);
+    one_block(mgr, kind, k->block_o, k->opad);
+    rc = 0;
+out:
+    PyBuffer_Release(&key);
+    return rc;
+}
+
+/* Fill the hash part of a job (tag_len bytes of output at `tag`). */
+static void
+mac_job(IMB_JOB *job, const MacObject *m, uint8_t *tag, uint64_t tag_len)
+{
+    job->hash_alg = mac_alg(m);
+    job->auth_tag_output = tag;
+    job->auth_tag_output_len_in_bytes = tag_len;
+    if (m->kind == K_XCBC) {
+        job->u.XCBC._k1_expanded = (const uint32_t *)m->keys->aes.enc;
+        job->u.XCBC._k2 = m->keys->ipad;
+        job->u.XCBC._k3 = m->keys->opad;
+    } else if (m->kind == K_CMAC) {
+        job->u.CMAC._key_expanded = m->keys->aes.enc;
+        job->u.CMAC._skey1 = m->keys->ipad;
+        job->u.CMAC._skey2 = m->keys->opad;
+    } else {
+        job->u.HMAC._hashed_auth_key_xor_ipad = m->keys->ipad;
+        job->u.HMAC._hashed_auth_key_xor_opad = m->keys->opad;
+    }
+}
+
+/* The full MAC of one message into `out` (digest bytes).  Paths the job API does not take
+ * (HMAC of nothing or of more than 65535 bytes, XCBC's full 16-byte output) are computed from
+ * the one-shot hash or from CBC on k1, as RFC 2104 / RFC 3566 define them. */
+static int
+mac_one(IMB_MGR *mgr, const MacObject *m, const uint8_t *data, uint64_t len, uint8_t *out)
+{
+    if (m->kind == K_XCBC) {
+        /* RFC 3566: CBC-MAC with k1 where the last block is xored with k2 (complete) or
+         * padded and xored with k3; the MAC is the last CBC block. */
+        uint64_t full = len && len % 16 == 0 ? len : (len / 16 + 1) * 16;
+        uint8_t *tmp = malloc(full);
+        if (tmp == NULL)
+            return -2;
+        memcpy(tmp, data, len);
+        const uint8_t *k;
+        if (len && len % 16 == 0) {
+            k = m->keys->ipad;
+        } else {
+            memset(tmp + len, 0, full - len);
+            tmp[len] = 0x80;
+            k = m->keys->opad;
+        }
+        for (int i = 0; i < 16; i++)
+            tmp[full - 16 + i] ^= k[i];
+        IMB_JOB *job = IMB_GET_NEXT_JOB(mgr);
+        job->cipher_mode = IMB_CIPHER_CBC;
+        job->cipher_direction = IMB_DIR_ENCRYPT;
+        job->enc_keys = m->keys->aes.enc;
+        job->dec_keys = m->keys->aes.enc;
+        job->key_len_in_bytes = 16;
+        job->iv = EMPTY;
+        job->iv_len_in_bytes = 16;
+        job->hash_alg = IMB_AUTH_NULL;
+        job->chain_order = IMB_ORDER_CIPHER_HASH;
+        job->src = tmp;
+        job->dst = tmp;
+        job->cipher_start_src_offset_in_bytes = 0;
+        job->msg_len_to_cipher_in_bytes = full;
+        int st = run_one(mgr);
+        memcpy(out, tmp + full - 16, 16);
+        explicit_bzero(tmp, full);
+        free(tmp);
+        return st == IMB_STATUS_COMPLETED ? 0 : -1;
+    }
+    if (m->kind != K_CMAC && (len == 0 || len > 65535)) {
+        uint64_t b = (uint64_t)m->block;
+        uint8_t inner[64];
+        uint8_t *tmp = malloc(b + (len > (uint64_t)m->digest ? len : (uint64_t)m->digest));
+        if (tmp == NULL)
+            return -2;
+        memcpy(tmp, m->keys->block_i, b);
+        memcpy(tmp + b, data, len);
+        plain_hash(mgr, m->kind, tmp, b + len, inner);
+        memcpy(tmp, m->keys->block_o, b);
+        memcpy(tmp + b, inner, (size_t)m->digest);
+        plain_hash(mgr, m->kind, tmp, b + (uint64_t)m->digest, out);
+        explicit_bzero(tmp, b);
+        free(tmp);
+        return 0;
+    }
+    if (m->kind == K_CMAC && len > 65535)
+        return -3;
+    IMB_JOB *job = IMB_GET_NEXT_JOB(mgr);
+    job->cipher_mode = IMB_CIPHER_NULL;
+    job->cipher_direction = IMB_DIR_ENCRYPT;
+    job->chain_order = IMB_ORDER_HASH_CIPHER;
+    job->src = len ? data : EMPTY;
+    job->hash_start_src_offset_in_bytes = 0;
+    job->msg_len_to_hash_in_bytes = len;
+    mac_job(job, m, out, (uint64_t)m->digest);
+    return run_one(mgr) == IMB_STATUS_COMPLETED ? 0 : -1;
+}
+
+static PyObject *
+mac_mac(MacObject *self, PyObject *data_obj)
+{
+    Py_buffer data;
+    if (self->keys == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Mac not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(data_obj, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint8_t out[64];
+    int rc;
+    if (data.len >= GIL_RELEASE_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = mac_one(mgr, self, data.buf, (uint64_t)data.len, out);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = mac_one(mgr, self, data.buf, (uint64_t)data.len, out);
+    }
+    PyBuffer_Release(&data);
+    if (rc == -2)
+        return PyErr_NoMemory();
+    if (rc == -3) {
+        PyErr_SetString(PyExc_ValueError, "aes-cmac here takes at most 65535 bytes");
+        return NULL;
+    }
+    if (rc < 0) {
+        PyErr_Format(PyExc_RuntimeError, "intel-ipsec-mb refused the MAC job: %s",
+                     imb_get_strerror(imb_get_errno(mgr)));
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)out, self->digest);
+}
+
+static PyObject *
+mac_get_digest(MacObject *self, void *c) { return PyLong_FromLong(self->digest); }
+
+static PyMethodDef mac_methods[] = {
+    {"mac", (PyCFunction)mac_mac, METH_O, "mac(data) -> the full MAC"},
+    {NULL}
+};
+
+static PyGetSetDef mac_getset[] = {
+    {"digest_bytes", (getter)mac_get_digest, NULL, "full output length in bytes", NULL},
+    {NULL}
+};
+
+static PyTypeObject MacType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipsec_plugins.ipsecmb._ipsecmb.Mac",
+    .tp_basicsize = sizeof(MacObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Mac(kind, key): HMAC-SHA-1/256/384/512, AES-XCBC-MAC or AES-CMAC on one key",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)mac_init,
+    .tp_dealloc = (destructor)mac_dealloc,
+    .tp_methods = mac_methods,
+    .tp_getset = mac_getset,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Chain: encrypt-then-MAC over a batch (ESP with a cipher and an integrity algorithm)      */
+
+typedef struct {
+    PyObject_HEAD
+    CipherObject *cipher;   /* NULL: no encryption (ESP null) */
+    MacObject *mac;
+    int icv_bytes;
+    int cipher_at;          /* bytes from a message's start to its cipher text */
+} ChainObject;
+
+static void
+chain_dealloc(ChainObject *self)
+{
+    Py_CLEAR(self->cipher);
+    Py_CLEAR(self->mac);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+chain_init(ChainObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"cipher", "mac", "icv_bytes", "cipher_at", NULL};
+    PyObject *c, *m;
+    int icv, at;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!ii", kwlist, &c, &MacType, &m, &icv, &at))
+        return -1;
+    if (c != Py_None && !PyObject_TypeCheck(c, &CipherType)) {
+        PyErr_SetString(PyExc_TypeError, "cipher must be a Cipher or None");
+        return -1;
+    }
+    MacObject *mo = (MacObject *)m;
+    if (mo->keys == NULL || (c != Py_None && ((CipherObject *)c)->keys == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "Chain needs initialised Cipher and Mac objects");
+        return -1;
+    }
+    int ok = icv > 0 && icv <= mo->digest;
+    if (mo->kind == K_XCBC)
+        ok = icv == 12;
+    else if (mo->kind != K_CMAC)
+        ok = icv == mo->digest / 2 + (mo->kind == K_HMAC_SHA1 ? 2 : 0) || icv == mo->digest;
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "an ICV of %d bytes is not one this MAC's job takes", icv);
+        return -1;
+    }
+    if (at < 8 || at > 64) {
+        PyErr_Format(PyExc_ValueError, "cipher_at must be 8..64, not %d", at);
+        return -1;
+    }
+    Py_XINCREF(c == Py_None ? NULL : c);
+    Py_XSETREF(self->cipher, c == Py_None ? NULL : (CipherObject *)c);
+    Py_INCREF(m);
+    Py_XSETREF(self->mac, mo);
+    self->icv_bytes = icv;
+    self->cipher_at = at;
+    return 0;
+}
+
+/* seal_batch / open_batch(buf, starts, lengths, ivs, his):
+ * message i starts at starts[i] and is lengths[i] bytes long (ESP header, IV, cipher text:
+ * what the ICV covers); its cipher text is from cipher_at to the end, encrypted or decrypted
+ * in place with the 16-byte IV (CBC) or counter block (CTR) ivs[i]; its ICV is the icv_bytes
+ * after it, written by seal, checked by open.  his: n x 4 bytes appended to the ICV input
+ * (ESN's high sequence number), or None.  open returns n verdict bytes (1 = ICV verifies). */
+static PyObject *
+chain_batch(ChainObject *self, PyObject *args, int enc)
+{
+    PyObject *bo, *so, *lo, *io, *ho;
+    Py_buffer buf = {0}, starts = {0}, lens = {0}, ivs = {0}, his = {0};
+    PyObject *result = NULL;
+    uint8_t *verdicts = NULL, *scratch = NULL;
+    if (!PyArg_ParseTuple(args, enc ? "OOOOO:seal_batch" : "OOOOO:open_batch",
+                          &bo, &so, &lo, &io, &ho))
+        return NULL;
+    if (self->mac == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Chain not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    Py_ssize_t n = -1, ivw = 16, hw = 4;
+    int esn = ho != Py_None;
+    if (PyObject_GetBuffer(bo, &buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (get_i64(so, &starts, &n, "starts") < 0)
+        goto done;
+    if (get_i64(lo, &lens, &n, "lengths") < 0)
+        goto done;
+    if (n > MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, n);
+        goto done;
+    }
+    if (get_rows(io, &ivs, n, &ivw, "ivs") < 0)
+        goto done;
+    if (esn && get_rows(ho, &his, n, &hw, "his") < 0)
+        goto done;
+    int64_t icv = self->icv_bytes, at = self->cipher_at;
+    int64_t after = icv > 4 || !esn ? icv : 4;
+    /* The job API hashes 1..65535 bytes; a cipher needs at least one byte of cipher text. */
+    int64_t min_len = self->cipher ? at + 1 : 1;
+    if (check_regions(starts.buf, lens.buf, n, buf.len, 0, after, min_len,
+                      65535 - (esn ? 4 : 0), "message") < 0)
+        goto done;
+    const int64_t *st = starts.buf, *ln = lens.buf;
+    if (self->cipher && self->cipher->kind == K_CBC) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((ln[i] - at) % 16) {
+                PyErr_Format(PyExc_ValueError, "message %zd: %lld bytes of aes-cbc cipher text "
+                             "are not a multiple of 16", i, (long long)(ln[i] - at));
+                goto done;
+            }
+    }
+    /* per message: the computed tag (64) and the received ICV (64) */
+    scratch = malloc(n ? (size_t)n * 128 : 1);
+    if (scratch == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!enc) {
+        result = PyBytes_FromStringAndSize(NULL, n);
+        if (result == NULL)
+            goto done;
+        verdicts = (uint8_t *)PyBytes_AS_STRING(result);
+    }
+    uint8_t *base = buf.buf;
+    const uint8_t *ivb = ivs.buf, *hb = his.buf;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *m = base + st[i];
+        uint8_t *rx = scratch + 128 * i + 64;
+        memcpy(rx, m + ln[i], (size_t)after);     /* the received ICV, or what seal overwrites */
+        if (esn)
+            memcpy(m + ln[i], hb + 4 * i, 4);
+        IMB_JOB *job = IMB_GET_NEXT_JOB(mgr);
+        if (self->cipher) {
+            cipher_job(job, self->cipher, enc, ivb + 16 * i);
+            job->cipher_start_src_offset_in_bytes = (uint64_t)at;
+            job->msg_len_to_cipher_in_bytes = (uint64_t)(ln[i] - at);
+        } else {
+            job->cipher_mode = IMB_CIPHER_NULL;
+            job->cipher_direction = enc ? IMB_DIR_ENCRYPT : IMB_DIR_DECRYPT;
+            job->msg_len_to_cipher_in_bytes = 0;
+        }
+        job->chain_order = enc ? IMB_ORDER_CIPHER_HASH : IMB_ORDER_HASH_CIPHER;
+        job->src = m;
+        job->dst = m + at;
+        job->hash_start_src_offset_in_bytes = 0;
+        job->msg_len_to_hash_in_bytes = (uint64_t)(ln[i] + (esn ? 4 : 0));
+        mac_job(job, self->mac, scratch + 128 * i, (uint64_t)icv);
+        job->user_data = (void *)(intptr_t)i;
+        job = IMB_SUBMIT_JOB(mgr);
+        while (job != NULL) {
+            failed |= job->status != IMB_STATUS_COMPLETED;
+            job = IMB_GET_COMPLETED_JOB(mgr);
+        }
+    }
+    IMB_JOB *job;
+    while ((job = IMB_FLUSH_JOB(mgr)) != NULL)
+        failed |= job->status != IMB_STATUS_COMPLETED;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *m = base + st[i];
+        const uint8_t *tag = scratch + 128 * i, *rx = tag + 64;
+        if (enc) {
+            memcpy(m + ln[i], tag, (size_t)icv);
+        } else {
+            memcpy(m + ln[i], rx, (size_t)after);   /* the buffer keeps what it was given */
+            verdicts[i] = !ct_diff(tag, rx, (size_t)icv);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        Py_CLEAR(result);
+        PyErr_Format(PyExc_RuntimeError, "intel-ipsec-mb refused a job of the batch: %s",
+                     imb_get_strerror(imb_get_errno(mgr)));
+        goto done;
+    }
+    if (enc) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    if (scratch != NULL) {
+        explicit_bzero(scratch, n ? (size_t)n * 128 : 1);
+        free(scratch);
+    }
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&ivs);
+    PyBuffer_Release(&his);
+    return result;
+}
+
+static PyObject *chain_seal_batch(ChainObject *s, PyObject *a) { return chain_batch(s, a, 1); }
+static PyObject *chain_open_batch(ChainObject *s, PyObject *a) { return chain_batch(s, a, 0); }
+
+static PyMethodDef chain_methods[] = {
+    {"seal_batch", (PyCFunction)chain_seal_batch, METH_VARARGS,
+     "seal_batch(buf, starts, lengths, ivs, his): encrypt then MAC, in place"},
+    {"open_batch", (PyCFunction)chain_open_batch, METH_VARARGS,
+     "open_batch(buf, starts, lengths, ivs, his) -> verdict bytes (1 = ICV verifies)"},
+    {NULL}
+};
+
+static PyObject *
+chain_get_icv(ChainObject *self, void *c) { return PyLong_FromLong(self->icv_bytes); }
+static PyObject *
+chain_get_at(ChainObject *self, void *c) { return PyLong_FromLong(self->cipher_at); }
+
+static PyGetSetDef chain_getset[] = {
+    {"icv_bytes", (getter)chain_get_icv, NULL, "ICV length in bytes", NULL},
+    {"cipher_at", (getter)chain_get_at, NULL, "bytes before the cipher text", NULL},
+    {NULL}
+};
+
+static PyTypeObject ChainType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipsec_plugins.ipsecmb._ipsecmb.Chain",
+    .tp_basicsize = sizeof(ChainObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Chain(cipher, mac, icv_bytes, cipher_at): ESP encrypt-then-MAC over batches",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)chain_init,
+    .tp_dealloc = (destructor)chain_dealloc,
+    .tp_methods = chain_methods,
+    .tp_getset = chain_getset,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+
+static PyObject *
+mod_arch(PyObject *m, PyObject *unused)
+{
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    const char *names[] = {"none", "no-aesni", "sse", "avx", "avx2", "avx512"};
+    int a = (int)mgr->used_arch;
+    return PyUnicode_FromString(a >= 0 && a < 6 ? names[a] : "unknown");
+}
+
+static PyMethodDef module_methods[] = {
+    {"arch", mod_arch, METH_NOARGS, "the code path intel-ipsec-mb chose for this CPU"},
+    {NULL}
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_ipsecmb",
+    "intel-ipsec-mb primitives for the ipsecmb backend (see the C source's header comment)",
+    -1, module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__ipsecmb(void)
+{
+    PyTypeObject *types[] = {&AeadType, &CipherType, &MacType, &ChainType};
+    const char *names[] = {"Aead", "Cipher", "Mac", "Chain"};
+    for (int i = 0; i < 4; i++)
+        if (PyType_Ready(types[i]) < 0)
+            return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL)
+        return NULL;
+    for (int i = 0; i < 4; i++) {
+        Py_INCREF(types[i]);
+        if (PyModule_AddObject(m, names[i], (PyObject *)types[i]) < 0) {
+            Py_DECREF(types[i]);
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    PyModule_AddStringConstant(m, "IMB_VERSION", imb_get_version_str());
+    PyModule_AddStringConstant(m, "IMB_HEADER_VERSION", IMB_VERSION_STR);
+    struct { const char *n; int v; } k[] = {
+        {"GCM", K_GCM}, {"CHACHA", K_CHACHA}, {"CBC", K_CBC}, {"CTR", K_CTR},
+        {"HMAC_SHA1", K_HMAC_SHA1}, {"HMAC_SHA256", K_HMAC_SHA256},
+        {"HMAC_SHA384", K_HMAC_SHA384}, {"HMAC_SHA512", K_HMAC_SHA512},
+        {"XCBC", K_XCBC}, {"CMAC", K_CMAC},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        PyModule_AddIntConstant(m, k[i].n, k[i].v);
+    return m;
+}

@@ -1,0 +1,188 @@
+"""The ipsecmb backend's C extension: its batch calls agree with its single-message calls and
+with `cryptography`, and its entry points refuse hostile input (random offsets, lengths, tags,
+truncated buffers, wrong types) with a Python exception, never a crash or a read outside the
+buffer; once more under AddressSanitizer.  The vectors of the registry's self-test go through
+the single-message calls in `tests/crypto/test_vectors.py` like every backend's."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy")
+
+try:
+    from ipsec_plugins.ipsecmb import _ipsecmb
+except ImportError as exc:                    # not built here
+    _ipsecmb = None
+    WHY = f"the ipsecmb C extension is not built ({exc})"
+else:
+    WHY = ""
+
+from ipsec_core.errors import AuthenticationError  # noqa: E402
+
+needs_ext = pytest.mark.skipif(_ipsecmb is None, reason=WHY or "built")
+SOURCE = Path(__file__).resolve().parents[2] / "plugins" / "ipsecmb" / "_ipsecmb.c"
+
+
+def _layout(rng, n, sizes, room):
+    lens = np.array([rng.choice(sizes) for _ in range(n)], np.int64)
+    offs = np.zeros(n, np.int64)
+    offs[1:] = np.cumsum(lens[:-1] + room)
+    return bytearray(rng.randbytes(int(lens.sum()) + room * n)), offs, lens
+
+
+@needs_ext
+@pytest.mark.parametrize("kind,key_len,tag", [("GCM", 16, 16), ("GCM", 24, 12), ("GCM", 32, 8),
+                                              ("CHACHA", 32, 16)])
+def test_aead_batch_equals_single(kind, key_len, tag):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+    rng = random.Random(kind + str(key_len))
+    key = rng.randbytes(key_len)
+    aead = _ipsecmb.Aead(getattr(_ipsecmb, kind), key, tag, AuthenticationError)
+    ref = (AESGCM if kind == "GCM" else ChaCha20Poly1305)(key)
+    n = 50
+    buf, offs, lens = _layout(rng, n, [0, 1, 15, 64, 1400], tag)
+    nonces, aads = rng.randbytes(12 * n), rng.randbytes(12 * n)
+    plain = [bytes(buf[o:o + ln]) for o, ln in zip(offs.tolist(), lens.tolist())]
+    aead.seal_batch(buf, offs, lens, nonces, aads)
+    for i, (o, ln) in enumerate(zip(offs.tolist(), lens.tolist())):
+        args = (nonces[12 * i:12 * i + 12], plain[i], aads[12 * i:12 * i + 12])
+        assert bytes(buf[o:o + ln + tag]) == ref.encrypt(*args)[:ln + tag] == aead.encrypt(*args)
+    buf[int(offs[3] + lens[3])] ^= 1                     # one forged tag
+    verdicts = aead.open_batch(buf, offs, lens, nonces, aads)
+    assert [i for i, v in enumerate(verdicts) if not v] == [3]
+    for i, (o, ln) in enumerate(zip(offs.tolist(), lens.tolist())):
+        if i != 3:
+            assert bytes(buf[o:o + ln]) == plain[i]
+    with pytest.raises(AuthenticationError):
+        aead.decrypt(nonces[:12], b"\0" * (tag - 1), b"")
+
+
+@needs_ext
+@pytest.mark.parametrize("cipher,mac,icv", [("CBC", "HMAC_SHA256", 16), ("CTR", "HMAC_SHA1", 12),
+                                            (None, "HMAC_SHA512", 32), ("CBC", "XCBC", 12),
+                                            ("CTR", "CMAC", 12), ("CBC", "HMAC_SHA384", 24)])
+@pytest.mark.parametrize("esn", [False, True])
+def test_chain_batch_equals_loop(cipher, mac, icv, esn):
+    from ipsec_core.dataplane.esp.bulk import LoopEncryptThenMac
+
+    rng = random.Random(f"{cipher}{mac}{esn}")
+    c = _ipsecmb.Cipher(getattr(_ipsecmb, cipher), rng.randbytes(16)) if cipher else None
+    m = _ipsecmb.Mac(getattr(_ipsecmb, mac), rng.randbytes(16 if mac in ("XCBC", "CMAC") else 32))
+    at = 8 + (16 if cipher == "CBC" else 8 if cipher else 0)
+    chain = _ipsecmb.Chain(c, m, icv, at)
+    loop = LoopEncryptThenMac(c, m, icv_bytes=icv, cipher_at=at)
+    n = 40
+    buf, offs, lens = _layout(rng, n, [at + 16, at + 64, at + 1392], icv)
+    ivs, his = rng.randbytes(16 * n), (rng.randbytes(4 * n) if esn else None)
+    twin = bytearray(buf)
+    chain.seal_batch(buf, offs, lens, ivs, his)
+    loop.seal_batch(twin, offs, lens, ivs, his)
+    assert buf == twin
+    buf[int(offs[5]) + 2] ^= 4                           # one forged packet
+    sealed = bytearray(buf)
+    verdicts = chain.open_batch(buf, offs, lens, ivs, his)
+    assert [i for i, v in enumerate(verdicts) if not v] == [5]
+    assert loop.open_batch(sealed, offs, lens, ivs, his) == verdicts
+    for i in range(n):
+        if i != 5:
+            o, ln = int(offs[i]), int(lens[i])
+            assert buf[o:o + ln] == sealed[o:o + ln]     # the same plaintext both ways
+
+
+def fuzz(m, iterations: int, seed: int = 1) -> int:
+    """Throw hostile batches at every batch entry point and malformed single calls at the
+    others; only Python exceptions may come back.  Returns how many calls were refused."""
+    rng = random.Random(seed)
+    aead = m.Aead(m.GCM, bytes(16), 16, ValueError)
+    chacha = m.Aead(m.CHACHA, bytes(32), 16, ValueError)
+    chains = [m.Chain(m.Cipher(m.CBC, bytes(16)), m.Mac(m.HMAC_SHA256, b"k"), 16, 24),
+              m.Chain(m.Cipher(m.CTR, bytes(32)), m.Mac(m.XCBC, bytes(16)), 12, 16),
+              m.Chain(None, m.Mac(m.CMAC, bytes(32)), 12, 8)]
+    refused = 0
+    edge = [-(1 << 63), -1, 0, 1, 7, 15, 16, 17, 63, 64, 65535, 65536, 1 << 31, (1 << 63) - 1]
+
+    def value(size):
+        return rng.choice(edge) if rng.random() < 0.3 else rng.randrange(0, size + 32)
+
+    for _ in range(iterations):
+        size = rng.choice([0, 1, 16, 100, 2000])
+        buf = bytearray(rng.randbytes(size))
+        n = rng.choice([0, 1, 2, 5])
+        offs = np.array([value(size) for _ in range(n)], np.int64)
+        lens = np.array([value(size) for _ in range(n)], np.int64)
+        if rng.random() < 0.1:
+            offs = offs.astype(np.int32)                 # wrong dtype
+        if rng.random() < 0.1:
+            lens = lens[:max(n - 1, 0)]                  # wrong count
+        width = rng.choice([12, 12, 16, 11, 0])
+        nonces = rng.randbytes(width * n + rng.choice([0, 0, 1]))
+        aads = rng.randbytes(rng.choice([0, 8, 12, 13]) * n)
+        his = rng.choice([None, rng.randbytes(4 * n), rng.randbytes(3)])
+        target = rng.choice([aead, chacha, *chains])
+        call = rng.choice(["seal_batch", "open_batch"])
+        try:
+            if isinstance(target, m.Aead):
+                getattr(target, call)(buf if rng.random() < 0.9 else bytes(buf), offs, lens, nonces, aads)
+            else:
+                getattr(target, call)(buf, offs, lens, rng.randbytes(16 * n + rng.choice([0, 0, 5])), his)
+        except (ValueError, TypeError, BufferError):
+            refused += 1
+        data = rng.randbytes(rng.choice([0, 1, 15, 16, 17, 100]))
+        for single in (lambda: aead.decrypt(data[:12].ljust(12, b"\0"), data, b"a"),
+                       lambda: chacha.encrypt(data[:rng.choice([11, 12, 13])], data, data),
+                       lambda: m.Cipher(m.CBC, bytes(16)).decrypt(data[:16], data),
+                       lambda: m.Cipher(m.CTR, bytes(24)).encrypt(data[:16], data),
+                       lambda: m.Mac(m.CMAC, data[:16]).mac(data),
+                       lambda: m.Aead(m.GCM, data, 16, ValueError)):
+            try:
+                single()
+            except (ValueError, TypeError):
+                refused += 1
+    return refused
+
+
+@needs_ext
+def test_fuzz_entry_points():
+    assert fuzz(_ipsecmb, 3000) > 1000       # most hostile calls are refused, none crashes
+
+
+def _asan_build(tmp: Path) -> Path | None:
+    cc = shutil.which("gcc")
+    if cc is None:
+        return None
+    libasan = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not libasan or not os.path.exists(libasan):
+        return None
+    out = tmp / ("_ipsecmb" + sysconfig.get_config_var("EXT_SUFFIX"))
+    cmd = [cc, "-shared", "-fPIC", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
+           f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-lIPSec_MB", "-o", str(out)]
+    if subprocess.run(cmd, capture_output=True).returncode != 0:
+        return None
+    return Path(libasan)
+
+
+@needs_ext
+def test_fuzz_under_address_sanitizer(tmp_path):
+    libasan = _asan_build(tmp_path)
+    if libasan is None:
+        pytest.skip("no gcc with AddressSanitizer (libasan) to build the extension with")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]); "
+            "import _ipsecmb; from tests.crypto.test_ipsecmb import fuzz; "
+            "print('refused', fuzz(_ipsecmb, 2000, seed=7))")
+    env = dict(os.environ, LD_PRELOAD=str(libasan), ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               PYTHONMALLOC="malloc")
+    root = str(Path(__file__).resolve().parents[2])
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path), root], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "refused" in run.stdout and "AddressSanitizer" not in run.stderr
