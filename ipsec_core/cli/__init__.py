@@ -1,7 +1,7 @@
 """The `ipsec` command line (typer).
 
 Owns: the command names and options users type (`backends`, `selftest`, `pcap protect`,
-`pcap unprotect`, `wireshark-keys`, `perf`, `up`, `demo`) and the rule that errors are one line
+`pcap unprotect`, `wireshark-keys`, `perf`, `up`, `status`, `down`, `demo`) and the rule that errors are one line
 on stderr with a non-zero exit (see `_common.handle_errors`).  `--json` output goes to stdout,
 for scripts.
 Must not: hold data-plane logic; commands call the library and report.
@@ -15,6 +15,7 @@ from ipsec_core.cli import demo as _demo
 from ipsec_core.cli import pcap as _pcap
 from ipsec_core.cli import perf as _perf
 from ipsec_core.cli import plugins as _plugins
+from ipsec_core.cli import status as _status
 from ipsec_core.cli import up as _up
 from ipsec_core.cli import wireshark as _wireshark
 
@@ -35,6 +36,8 @@ app.command("wireshark-keys")(_wireshark.wireshark_keys)
 app.command("perf")(_perf.perf)
 app.command("plugins")(_plugins.plugins)
 app.command("up")(_up.up)
+app.command("status")(_status.status)
+app.command("down")(_status.down)
 app.command("demo")(_demo.demo)
 
 

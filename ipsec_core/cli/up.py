@@ -1,9 +1,11 @@
-"""`ipsec up`: run the connections of a file in the foreground until SIGINT or SIGTERM.
+"""`ipsec up`: run the connections of a file in the foreground until SIGINT or SIGTERM, or
+(`ipsec up NAME` without `--config`) ask the running process to initiate NAME.
 
 Owns: the command's options, logging setup (one line per event on stderr; `-v` for exchange
-detail), entering `--netns`, the root check, and the signal handlers that stop the driver
-(delete sent to the peer, routes and TUN device removed, exit 0).
-Must not: hold protocol or packet logic (that is `ipsec_core.vpn.driver`).
+detail), entering `--netns`, the root check, the control socket's path, and the signal handlers
+that stop the driver (delete sent to the peer, routes and TUN device removed, exit 0).
+Must not: hold protocol or packet logic (that is `ipsec_core.vpn.driver`) or the control
+protocol (`ipsec_core.vpn.control`).
 """
 from __future__ import annotations
 
@@ -87,14 +89,27 @@ def open_tun(name: str, mtu: int):
         raise
 
 
-async def _serve(configs, *, tun, save_keys: Path | None) -> None:
+async def _serve(configs, *, tun, save_keys: Path | None, control: Path | None,
+                 control_required: bool, path_mtu: int | None) -> None:
+    from ipsec_core.vpn.control import ControlError, ControlServer, driver_handler
     from ipsec_core.vpn.driver import Driver
 
     try:
-        driver = Driver(configs, inner=tun, save_keys=save_keys)
+        driver = Driver(configs, inner=tun, save_keys=save_keys, path_mtu=path_mtu)
     except BaseException:
         tun.close()
         raise
+    server = None
+    if control is not None:
+        server = ControlServer(control, driver_handler(driver))
+        try:
+            await server.start()
+        except ControlError as exc:
+            if control_required:
+                tun.close()
+                raise
+            logging.getLogger(LOGGER).warning("%s; running without a control socket", exc)
+            server = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, driver.stop)
@@ -105,10 +120,13 @@ async def _serve(configs, *, tun, save_keys: Path | None) -> None:
             tun.close()
             raise
         names = ", ".join(c.name for c in configs)
-        logging.getLogger(LOGGER).info("up: %s on %s, TUN %s (stop with Ctrl-C or SIGTERM)", names,
-                                       ", ".join(driver.local_addresses), tun.name)
+        logging.getLogger(LOGGER).info("up: %s on %s, TUN %s mtu %d%s (stop with Ctrl-C or SIGTERM)",
+                                       names, ", ".join(driver.local_addresses), tun.name, tun.mtu,
+                                       f", control {server.path}" if server else "")
         await driver.wait_stopped()
     finally:
+        if server is not None:
+            server.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     logging.getLogger(LOGGER).info("stopped")
@@ -116,8 +134,12 @@ async def _serve(configs, *, tun, save_keys: Path | None) -> None:
 
 @handle_errors
 def up(
-    config: Annotated[Path, typer.Option("--config", "-c", metavar="FILE", dir_okay=False,
-                                         help="Connection file (TOML).")],
+    names: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[NAME]...", help="Without --config: ask the running ipsec up (through its "
+                                  "control socket) to initiate these connections.",
+        show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", dir_okay=False,
+                                                   help="Connection file (TOML): run them here.")] = None,
     connection: Annotated[Optional[list[str]], typer.Option(
         "--connection", "-n", metavar="NAME",
         help="Only this connection (repeat for several; default: every connection of the file).")] = None,
@@ -131,20 +153,41 @@ def up(
         "--netns", metavar="NAME", help="Run inside this network namespace (ip netns name).")] = None,
     tun_name: Annotated[str, typer.Option("--tun", metavar="NAME",
                                           help="TUN device name; %d for the kernel to number it.")] = "ipsec%d",
-    mtu: Annotated[int, typer.Option("--mtu", help="MTU of the TUN device.")] = 1400,
+    mtu: Annotated[Optional[int], typer.Option(
+        "--mtu", help="MTU of the TUN device (default: what fits --path-mtu after the ESP, UDP "
+                      "and outer IP overhead of the configured proposals).")] = None,
+    path_mtu: Annotated[int, typer.Option(
+        "--path-mtu", help="Largest ESP-in-UDP packet on the outer path; bigger inner packets "
+                           "are answered with ICMP too-big.")] = 1500,
+    control: Annotated[Optional[Path], typer.Option(
+        "--control", metavar="PATH", dir_okay=False,
+        help="Control socket for ipsec status / up / down (default /run/ipsec-suite/control.sock, "
+             "or netns-NAME.sock with --netns).")] = None,
 ) -> None:
     """Bring up IKEv2 connections and carry their traffic through a TUN device, in the foreground.
 
-    Connections whose children have start_action = "start" are initiated; the others wait for
-    their peer.  SIGINT or SIGTERM deletes the SAs at the peer, removes the routes and the TUN
-    device and exits 0.  Needs root (TUN, routes, ports 500/4500).
+    Connections whose children have start_action = "start" are initiated; "trap" ones come up
+    on the first packet for them; the others wait for their peer.  SIGINT or SIGTERM deletes
+    the SAs at the peer, removes the routes and the TUN device and exits 0.  Needs root (TUN,
+    routes, ports 500/4500).  `ipsec up NAME` (no --config) initiates NAME in a running one.
     """
+    if config is None:
+        if not names:
+            fail("give --config FILE to run connections, or NAME to initiate one in a running "
+                 "ipsec up")
+        from ipsec_core.cli.status import control_request
+
+        for name in names:
+            print(control_request(control, netns, {"command": "up", "name": name}))
+        return
+    if names:
+        fail(f"with --config, choose connections with --connection, not {' '.join(names)}")
     setup_logging(logging.DEBUG if verbose else logging.INFO)
     # Until the event loop takes the signals over, SIGINT and SIGTERM unwind the start-up:
     # whatever is open by then (the TUN device) is closed on the way out.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _up(config, connection, save_keys, netns, tun_name, mtu)
+        _up(config, connection, save_keys, netns, tun_name, mtu, path_mtu, control)
     except _Interrupted:
         logging.getLogger(LOGGER).info("stopped during start-up")
     finally:
@@ -160,7 +203,11 @@ def _interrupt(signum, frame) -> None:
     raise _Interrupted()
 
 
-def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int) -> None:
+def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int | None,
+        path_mtu: int, control: Path | None) -> None:
+    from ipsec_core.vpn.control import default_path
+    from ipsec_core.vpn.driver import inner_mtu
+
     if netns:
         from ipsec_core.vpn.netns import enter_netns
 
@@ -170,9 +217,13 @@ def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int) -> 
             fail(f"entering network namespace {netns!r} needs root (CAP_SYS_ADMIN)")
     file = str(config)
     configs = select(load_connections(config), connection, file=file)
+    if mtu is None:
+        mtu = inner_mtu(configs, path_mtu=path_mtu)
     tun = open_tun(tun_name, mtu)
     try:
-        asyncio.run(_serve(configs, tun=tun, save_keys=save_keys))
+        asyncio.run(_serve(configs, tun=tun, save_keys=save_keys,
+                           control=control or default_path(netns), control_required=control is not None,
+                           path_mtu=path_mtu))
     except BaseException:
         tun.close()
         raise

@@ -21,6 +21,12 @@ SPI, given back the outer IP / UDP header the socket took off (the data plane un
 packets), unprotected with `unprotect_batch` (anti-replay, ICV), checked against the SA's
 selectors (RFC 4301 5.2 step 4; mismatch: dropped as `policy`) and written to the inner side.
 Every drop is counted in `DriverStats.drops`.
+
+Also owned here: trap policies (routes at start, the first matching packets held while the
+connection comes up), the outbound MTU check (a DF packet longer than fits the path is answered
+with ICMP "too big" into the inner side), transport mode (the IKE SA's hosts stand in for the
+SA's missing addresses; the peer's route goes through the policy table that the sockets' mark
+bypasses), and `status()` / `up()` / `down()` for the control socket (`vpn/control.py`).
 """
 from __future__ import annotations
 
@@ -32,13 +38,14 @@ import itertools
 import logging
 import re
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
 from ipsec_core.dataplane.sa import Direction, SecurityAssociation
 from ipsec_core.dataplane.spd import PacketSelector, Selector
-from ipsec_core.errors import LocalError, PacketDropped
+from ipsec_core.errors import DropReason, LocalError, PacketDropped
 from ipsec_core.ike import events as ev
 from ipsec_core.ike.config import IkeConfig
 from ipsec_core.vpn.udp import UdpEndpoint
@@ -50,11 +57,24 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: How long `stop()` waits for the peer to answer the deletes before it tears down anyway.
 CLOSE_TIMEOUT_S = 3.0
+#: How long the inbound SA of a CHILD SA replaced by a rekey still takes packets after its
+#: delete: ESP the peer sent before it switched may arrive after the IKE message.
+REKEYED_INBOUND_GRACE_S = 2.0
 DEFAULT_MAX_BATCH = 64
 #: Batches read from the inner interface per wake-up, so ESP from the network is not starved.
 INNER_BATCHES_PER_WAKEUP = 4
 #: libipsec's TUN MTU: room for the outer IP, UDP and ESP headers inside a 1500-byte path.
 DEFAULT_TUN_MTU = 1400
+#: The outer path MTU assumed when none is given: Ethernet's.
+DEFAULT_PATH_MTU = 1500
+#: Packets held per connection while a trap policy brings its CHILD SA up.
+TRAP_QUEUE_PACKETS = 32
+#: The mark on the IKE and ESP sockets (SO_MARK) and the routing table that the policy rule
+#: sends unmarked traffic to: routes to networks that hold the peer itself (transport mode) go
+#: there, so the tunnel's own datagrams, which carry the mark, still take the main table.
+BYPASS_MARK = 0x1A5EC
+POLICY_TABLE = 0x1A5
+POLICY_RULE_PRIORITY = 0x1A5
 #: How often the keepalive check runs; each peer gets one after keepalive_interval of silence.
 KEEPALIVE_TICK_S = 1.0
 
@@ -87,8 +107,9 @@ class InnerInterface(Protocol):
     def write_batch(self, packets: list[bytes]) -> int:
         """Hand decrypted IP packets to the local stack; returns how many it took."""
 
-    def add_route(self, network: IpNetwork, *, src: IpAddress | None) -> None:
-        """Send traffic for `network` into this interface (from `src` when given)."""
+    def add_route(self, network: IpNetwork, *, src: IpAddress | None, policy: bool = False) -> None:
+        """Send traffic for `network` into this interface (from `src` when given).  `policy`:
+        only traffic without the driver's socket mark (the network holds the peer)."""
 
     def remove_route(self, network: IpNetwork) -> None:
         """Undo `add_route(network)`."""
@@ -109,6 +130,7 @@ class MemoryInterface:
         self.addresses = [ipaddress.ip_address(a) for a in addresses]
         self.received: list[bytes] = []
         self.routes: dict[IpNetwork, IpAddress | None] = {}
+        self.policy_routes: dict[IpNetwork, IpAddress | None] = {}
         self.closed = False
         self._queue: collections.deque[bytes] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -149,17 +171,19 @@ class MemoryInterface:
         self._waiters.append((count, fut))
         await asyncio.wait_for(fut, timeout)
 
-    def add_route(self, network: IpNetwork, *, src: IpAddress | None) -> None:
-        self.routes[network] = src
+    def add_route(self, network: IpNetwork, *, src: IpAddress | None, policy: bool = False) -> None:
+        (self.policy_routes if policy else self.routes)[network] = src
 
     def remove_route(self, network: IpNetwork) -> None:
         self.routes.pop(network, None)
+        self.policy_routes.pop(network, None)
 
     def host_addresses(self) -> list[IpAddress]:
         return list(self.addresses)
 
     def close(self) -> None:
         self.routes.clear()
+        self.policy_routes.clear()
         self.closed = True
 
 
@@ -184,8 +208,10 @@ class TunInterface:
 
         self.tun = TunDevice(name, read_size=max(mtu, 1500))
         self.name = self.tun.name
+        self.mtu = mtu
         self._loop: asyncio.AbstractEventLoop | None = None
         self._installed: dict[IpNetwork, object] = {}
+        self._rules: set[int] = set()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"netlink-{self.name}")
         self.netlink = None
         try:
@@ -216,8 +242,22 @@ class TunInterface:
     def write_batch(self, packets: list[bytes]) -> int:
         return self.tun.write_batch(packets)
 
-    def add_route(self, network: IpNetwork, *, src: IpAddress | None) -> None:
-        self._installed[network] = self._netlink(self._routes.add, network, dev=self.tun.index, src=src)
+    def add_route(self, network: IpNetwork, *, src: IpAddress | None, policy: bool = False) -> None:
+        if policy:
+            self._netlink(self._policy_rule, network.version)
+            self._installed[network] = self._netlink(self._routes.add, network, dev=self.tun.index,
+                                                     src=src, table=POLICY_TABLE)
+        else:
+            self._installed[network] = self._netlink(self._routes.add, network, dev=self.tun.index,
+                                                     src=src)
+
+    def _policy_rule(self, version: int) -> None:
+        """`ip rule add not fwmark BYPASS_MARK lookup POLICY_TABLE` for one family, once."""
+        if version in self._rules:
+            return
+        self.netlink.add_bypass_rule(version, mark=BYPASS_MARK, table=POLICY_TABLE,
+                                     priority=POLICY_RULE_PRIORITY)
+        self._rules.add(version)
 
     def remove_route(self, network: IpNetwork) -> None:
         route = self._installed.pop(network, None)
@@ -251,6 +291,10 @@ class TunInterface:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self.tun.fileno())
             self._netlink(self._routes.remove_all)
+            for version in sorted(self._rules):
+                self._netlink(self.netlink.remove_bypass_rule, version, mark=BYPASS_MARK,
+                              table=POLICY_TABLE, priority=POLICY_RULE_PRIORITY)
+            self._rules.clear()
         finally:
             self.tun.close()
             self._close_netlink()
@@ -351,18 +395,25 @@ class DriverStats:
     esp_sent: int = 0
     esp_received: int = 0
     keepalives_sent: int = 0
+    icmp_too_big: int = 0        # ICMP / ICMPv6 "too big" written back into the inner interface
     drops: collections.Counter = field(default_factory=collections.Counter)
 
 
 class ChildSa:
-    """One installed CHILD SA: its two SAs, its selectors, where its ESP goes."""
+    """One installed CHILD SA: its two SAs, its selectors, where its ESP goes.
+
+    `peer` / `local`: the hosts of the IKE SA (transport mode has no addresses in its SA
+    configs).  `max_inner`: the longest inner packet whose ESP-in-UDP datagram fits the outbound
+    SA's `mtu` (None: no limit), so the send path checks a length, not a protected size."""
 
     __slots__ = ("connection", "child", "inbound", "outbound", "selectors", "local_ts",
                  "remote_ts", "proposal", "peer", "send_from", "in_header", "strip",
-                 "remote_networks")
+                 "remote_networks", "tunnel", "max_inner", "installed_at")
 
     def __init__(self, event: ev.ChildSaInstalled, inbound: SecurityAssociation,
-                 outbound: SecurityAssociation, send_from: str | None):
+                 outbound: SecurityAssociation, send_from: str | None, *,
+                 peer: IpAddress | None = None, local: IpAddress | None = None,
+                 installed_at: float = 0.0):
         self.connection = event.connection
         self.child = event.child
         self.inbound = inbound
@@ -370,13 +421,24 @@ class ChildSa:
         self.local_ts = tuple(event.local_ts)
         self.remote_ts = tuple(event.remote_ts)
         self.proposal = event.proposal
+        self.installed_at = installed_at
         self.selectors = child_selectors(self.local_ts, self.remote_ts)
         self.remote_networks = [n for t in self.remote_ts for n in TrafficSelector.parse(t).networks]
         out = outbound.config
-        self.peer = (str(out.remote), out.encap_ports[1])
+        self.tunnel = out.mode.value == "tunnel"
+        remote = out.remote if out.remote is not None else peer
+        here = inbound.config.local if inbound.config.local is not None else local
+        if remote is None or here is None:
+            raise LocalError(f"CHILD SA {event.child}: no peer or local address for its ESP")
+        self.peer = (str(remote), out.encap_ports[1])
         self.send_from = send_from
-        self.strip = (40 if out.remote.version == 6 else 20) + 8
-        self.in_header = _inbound_header_maker(inbound.config)
+        # Tunnel mode: the data plane's outer IP + UDP header; transport mode: the packet's own
+        # IP header (options and extension headers included) + UDP, measured per packet.
+        self.strip = (40 if remote.version == 6 else 20) + 8 if self.tunnel else None
+        self.in_header = _inbound_header_maker(inbound.config, remote=remote, local=here)
+        self.max_inner = None
+        if out.mtu is not None and self.tunnel:
+            self.max_inner = _largest_inner(outbound.engine.protected_len, out.mtu)
 
     @property
     def spis(self) -> tuple[int, int]:
@@ -392,12 +454,31 @@ class ChildSa:
                    for sel in self.selectors)
 
 
-def _inbound_header_maker(cfg) -> Callable[[int], bytes]:
+def _largest_inner(protected_len: Callable[..., int], mtu: int) -> int:
+    """The longest tunnel-mode inner packet whose protected form is at most `mtu` bytes."""
+    length = mtu
+    while length > 0 and protected_len(b"\x45", length) > mtu:
+        length -= 1
+    return length
+
+
+def _transport_strip(wire: bytes) -> int:
+    """Where the ESP header starts in a transport-mode ESP-in-UDP packet (after its IP headers
+    and the UDP header)."""
+    if wire[0] >> 4 == 4:
+        return (wire[0] & 0x0F) * 4 + 8
+    from ipsec_core.wire.ip import ipv6_split
+
+    return ipv6_split(wire)[0] + 8
+
+
+def _inbound_header_maker(cfg, *, remote: IpAddress, local: IpAddress) -> Callable[[int], bytes]:
     """The outer IP + UDP header the NAT-T socket removed, rebuilt for an ESP payload of n bytes
     (the data plane unprotects whole packets; it reads the ports and the ECN bits, not the IPv4
-    checksum)."""
+    checksum).  In transport mode this header becomes the inner packet's: its addresses are the
+    IKE SA's hosts."""
     sport, dport = cfg.encap_ports
-    src, dst = cfg.remote, cfg.local
+    src, dst = remote, local
     if src.version == 4:
         pack, s, d = _V4_HEADER.pack, src.packed, dst.packed
 
@@ -422,6 +503,11 @@ class IkeSaRecord:
     local: tuple[str, int] | None
     nat_keepalive: bool
     keepalive_interval: float
+    initiator: bool = False
+    proposal: str = ""
+    local_id: str = ""
+    remote_id: str = ""
+    established_at: float = 0.0
 
 
 def _notify_name(notify: int | None) -> str | None:
@@ -448,6 +534,15 @@ def _host(addr) -> str:
     return str(addr[0]).split("%")[0]
 
 
+def _address_or_none(text) -> IpAddress | None:
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        return None
+
+
 class Driver:
     """Runs IKE connections: sockets, timers, SAs, routes, packets.
 
@@ -457,13 +552,18 @@ class Driver:
     (default: `ipsec_core.ike.endpoint.IkeEndpoint`).  `local_addresses`, `ike_port`,
     `nat_t_port`: what the UDP sockets bind (default: the configs' `local_addrs`, `local_port`,
     `nat_t_port`).  `save_keys`: a folder for Wireshark's key tables (`keys.KeyTables`).
+    `path_mtu`: the largest ESP-in-UDP packet on the outer path (None: no limit); a bigger
+    inner packet with DF set (every IPv6 one) is answered with ICMP "too big" into `inner`.
+    Children with `start_action = "trap"` get their routes at start; the first packet that
+    matches one initiates the connection and is sent once the CHILD SA is up.
     """
 
     def __init__(self, configs: Sequence[IkeConfig], *, inner: InnerInterface, registry=None,
                  endpoint_factory=None, initiate: Iterable[str] | None = None,
                  local_addresses: Sequence[str] | None = None, ike_port: int | None = None,
                  nat_t_port: int | None = None, save_keys: str | Path | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH, close_timeout: float = CLOSE_TIMEOUT_S):
+                 max_batch: int = DEFAULT_MAX_BATCH, close_timeout: float = CLOSE_TIMEOUT_S,
+                 path_mtu: int | None = DEFAULT_PATH_MTU, mark: int | None = BYPASS_MARK):
         if not configs:
             raise LocalError("no connection to run")
         self.configs = {c.name: c for c in configs}
@@ -486,6 +586,16 @@ class Driver:
         self.nat_t_port = nat_t_port if nat_t_port is not None else _one_port(configs, "nat_t_port")
         self.max_batch = max_batch
         self.close_timeout = close_timeout
+        self.path_mtu = path_mtu
+        self.mark = mark
+        # Trap policies: (connection, child, its selectors); packets waiting per connection.
+        self._traps: list[tuple[str, str, list[Selector]]] = []
+        self._trap_queue: dict[str, collections.deque[bytes]] = {}
+        for cfg in configs:
+            for child_cfg in cfg.children:
+                if child_cfg.start_action == "trap" and cfg.name not in self.to_initiate:
+                    self._traps.append((cfg.name, child_cfg.name, child_selectors(
+                        [str(t) for t in child_cfg.local_ts], [str(t) for t in child_cfg.remote_ts])))
         self.stats = DriverStats()
         self.keys = None
         if save_keys is not None:
@@ -493,6 +603,9 @@ class Driver:
 
             self.keys = KeyTables(Path(save_keys))
         self.endpoint = None
+        self._traffic_received = None              # the endpoint's ESP-seen report, if it has one
+        self._soft_reported: set[int] = set()
+        self._hard_reported: set[int] = set()
         self.udp: UdpEndpoint | None = None
         self.children: list[ChildSa] = []          # newest first: outbound lookups take the first match
         self._by_spi: dict[int, ChildSa] = {}      # the SAD: inbound SAs by SPI
@@ -520,16 +633,20 @@ class Driver:
         loop = self._loop = asyncio.get_running_loop()
         self._closed, self._done = asyncio.Event(), asyncio.Event()
         self.udp = UdpEndpoint(self, local_addresses=self.local_addresses, ike_port=self.ike_port,
-                               nat_t_port=self.nat_t_port, max_batch=self.max_batch)
+                               nat_t_port=self.nat_t_port, max_batch=self.max_batch, mark=self.mark)
         try:
             self._bound_hosts = {_host(addr) for _, addr in self.udp.local_addresses}
             if self.keys is not None:
                 self.keys.set_ports(ike_port=self.udp.ike_port, nat_t_port=self.udp.nat_t_port)
             factory = self._endpoint_factory
+            extra = {}
             if factory is None:
                 from ipsec_core.ike.endpoint import IkeEndpoint as factory
+                # certificates are validated at the wall-clock time; IKE's `now` is loop.time()
+                extra["wall_offset"] = time.time() - loop.time()
             self.endpoint = factory(list(self.configs.values()), registry=self.registry,
-                                    now=loop.time(), save_keys=self.keys is not None)
+                                    now=loop.time(), save_keys=self.keys is not None, **extra)
+            self._traffic_received = getattr(self.endpoint, "traffic_received", None)
             self.udp.start(loop)
             self.inner.start(loop, self._inner_ready)
         except BaseException:
@@ -538,6 +655,7 @@ class Driver:
         for kind, addr in self.udp.local_addresses:
             log.debug("listening on %s[%s] (%s)", _host(addr), addr[1], kind.value)
         self._keepalive = loop.call_later(KEEPALIVE_TICK_S, self._keepalive_tick)
+        self._install_traps()
         now = loop.time()
         for name in self.to_initiate:
             log.info("initiating IKE SA %s to %s", name, ", ".join(self.configs[name].remote_addrs))
@@ -582,6 +700,8 @@ class Driver:
         self._timer = self._keepalive = None
         for child in list(self.children):
             self._remove_child(child)
+        for connection, _, _ in self._traps:
+            self._remove_trap_routes(connection)
         try:
             self.inner.close()
         except OSError as exc:
@@ -598,6 +718,112 @@ class Driver:
     def terminate(self, connection: str) -> None:
         self.endpoint.terminate(connection, now=self._loop.time())
         self._transmit()
+
+    # -- commands of the control socket -------------------------------------------------------
+
+    def up(self, connection: str) -> str:
+        """Initiate `connection` unless an IKE SA of it is up or on its way; says which."""
+        if connection not in self.configs:
+            raise LocalError(f"no connection {connection!r}; this process runs "
+                             f"{', '.join(sorted(self.configs))}")
+        if self._connection_active(connection):
+            return f"{connection} is already up (or coming up)"
+        cfg = self.configs[connection]
+        log.info("initiating IKE SA %s to %s (control socket)", connection, ", ".join(cfg.remote_addrs))
+        children = [c.name for c in cfg.children if c.start_action in ("start", "trap")] \
+            or [c.name for c in cfg.children]
+        self.endpoint.initiate(connection, now=self._loop.time(), children=children)
+        self._transmit()
+        return f"initiating {connection}"
+
+    def down(self, connection: str) -> str:
+        """Delete the IKE SAs of `connection` (their CHILD SAs with them); trap policies stay."""
+        if connection not in self.configs:
+            raise LocalError(f"no connection {connection!r}; this process runs "
+                             f"{', '.join(sorted(self.configs))}")
+        if not self._connection_active(connection):
+            return f"{connection} is not up"
+        log.info("deleting IKE SA %s (control socket)", connection)
+        self.terminate(connection)
+        return f"deleting {connection}"
+
+    def status(self) -> dict:
+        """Everything `ipsec status` shows, as plain JSON types: connections with their IKE and
+        CHILD SAs (SPIs, algorithms, backends, counters, seconds to the next rekey), the
+        driver's and the sockets' counters, every drop by reason."""
+        now = self._loop.time()
+        sessions = getattr(self.endpoint, "sessions", None)
+        rekey_at: dict[int, float | None] = {}
+        ike_rekey: dict[tuple[int, int], float | None] = {}
+        ike_state: dict[tuple[int, int], str] = {}
+        if sessions is not None:
+            for session in sessions():
+                key = (int.from_bytes(session.spi_i or bytes(8), "big"),
+                       int.from_bytes(session.spi_r or bytes(8), "big"))
+                ike_state[key] = getattr(getattr(session, "state", None), "name", "?")
+                ike_rekey[key] = getattr(session, "rekey_at", None)
+                for spi_in, child in getattr(session, "children", {}).items():
+                    rekey_at[spi_in] = getattr(child, "rekey_at", None)
+
+        def seconds(at: float | None) -> float | None:
+            return None if at is None else round(max(0.0, at - now), 1)
+
+        out_conns = []
+        for name, cfg in self.configs.items():
+            ike_sas = [{
+                "uid": r.uid, "spi_i": f"{r.spi_i:016x}", "spi_r": f"{r.spi_r:016x}",
+                "state": ike_state.get((r.spi_i, r.spi_r), "ESTABLISHED"),
+                "initiator": r.initiator, "proposal": r.proposal,
+                "local": f"{r.local[0]}[{r.local[1]}]" if r.local else None,
+                "remote": f"{r.peer[0]}[{r.peer[1]}]" if r.peer else None,
+                "local_id": r.local_id, "remote_id": r.remote_id,
+                "established_s": round(now - r.established_at, 1),
+                "rekey_in_s": seconds(ike_rekey.get((r.spi_i, r.spi_r))),
+            } for r in self._ike_sas.values() if r.connection == name]
+            child_sas = []
+            for c in self.children:
+                if c.connection != name:
+                    continue
+                ins, outs = c.inbound.stats, c.outbound.stats
+                child_sas.append({
+                    "name": c.child, "mode": "tunnel" if c.tunnel else "transport",
+                    "spi_in": f"{c.inbound.spi:08x}", "spi_out": f"{c.outbound.spi:08x}",
+                    "proposal": c.proposal,
+                    "backend_in": c.inbound.engine.backend_names,
+                    "backend_out": c.outbound.engine.backend_names,
+                    "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts),
+                    "peer": f"{c.peer[0]}[{c.peer[1]}]",
+                    "packets_in": ins.packets, "bytes_in": ins.bytes,
+                    "packets_out": outs.packets, "bytes_out": outs.bytes,
+                    "drops_in": dict(ins.drops), "drops_out": dict(outs.drops),
+                    "installed_s": round(now - c.installed_at, 1),
+                    "rekey_in_s": seconds(rekey_at.get(c.inbound.spi)),
+                    "max_inner_bytes": c.max_inner,
+                })
+            out_conns.append({
+                "name": name, "local_addrs": list(cfg.local_addrs),
+                "remote_addrs": list(cfg.remote_addrs),
+                "children": [{"name": ch.name, "mode": ch.mode, "start_action": ch.start_action,
+                              "esp_proposals": list(ch.esp_proposals)} for ch in cfg.children],
+                "trap": any(conn == name for conn, _, _ in self._traps),
+                "ike_sas": ike_sas, "child_sas": child_sas,
+            })
+        stats = dataclasses.asdict(self.stats)
+        stats["drops"] = dict(self.stats.drops)
+        udp = {}
+        if self.udp is not None:
+            udp = {k: v for k, v in dataclasses.asdict(self.udp.stats).items()
+                   if k != "last_send_error"}
+        drops = collections.Counter(self.stats.drops)
+        for key, reason in (("malformed_received", "udp_malformed"),
+                            ("receive_errors", "udp_receive_error")):
+            if udp.get(key):
+                drops[reason] += udp[key]
+        return {"inner": self.inner.name, "path_mtu": self.path_mtu,
+                "listening": [f"{_host(addr)}[{addr[1]}] {kind.value}"
+                              for kind, addr in (self.udp.local_addresses if self.udp else [])],
+                "connections": out_conns, "driver": stats, "udp": udp,
+                "drops": dict(sorted(drops.items()))}
 
     async def wait_for(self, predicate: Callable[[ev.Event], bool], *, timeout: float) -> ev.Event:
         """The first event from now on for which `predicate` is true."""
@@ -714,7 +940,9 @@ class Driver:
         cfg = self.configs.get(e.connection)
         record = IkeSaRecord(next(self._uids), e.connection, e.spi_i, e.spi_r, peer, local,
                              nat_keepalive=bool(e.nat_local),
-                             keepalive_interval=cfg.keepalive_interval if cfg else 0.0)
+                             keepalive_interval=cfg.keepalive_interval if cfg else 0.0,
+                             initiator=e.initiator, proposal=e.proposal, local_id=e.local_id,
+                             remote_id=e.remote_id, established_at=self._loop.time())
         self._ike_sas[(e.spi_i, e.spi_r)] = record
         where = peer[0] if peer else (", ".join(cfg.remote_addrs) if cfg else "?")
         nat = ""
@@ -726,11 +954,13 @@ class Driver:
                   record.uid, e.spi_i, e.spi_r, "initiator" if e.initiator else "responder", e.backend)
 
     def _on_IkeSaDeleted(self, e: ev.IkeSaDeleted) -> None:
+        self._fail_trap(e.connection)
         name = self._ike_name(e.connection, e.spi_i, e.spi_r)
         self._ike_sas.pop((e.spi_i, e.spi_r), None)
         log.info("IKE SA %s deleted (%s)", name, e.reason)
 
     def _on_IkeSaFailed(self, e: ev.IkeSaFailed) -> None:
+        self._fail_trap(e.connection)
         notify = _notify_name(e.notify)
         if notify and notify not in e.reason:
             log.error("IKE SA %s failed: %s (%s)", e.connection, notify, e.reason)
@@ -738,6 +968,7 @@ class Driver:
             log.error("IKE SA %s failed: %s", e.connection, e.reason)
 
     def _on_ChildSaFailed(self, e: ev.ChildSaFailed) -> None:
+        self._fail_trap(e.connection)
         log.error("CHILD SA %s failed: %s", e.child, e.reason)
 
     def _on_ChildSaInstalled(self, e: ev.ChildSaInstalled) -> None:
@@ -750,7 +981,8 @@ class Driver:
             return
         now = self._loop.time()
         inbound_cfg = dataclasses.replace(e.inbound, name=f"{e.connection}/{e.child}/in/{e.inbound.spi:08x}")
-        outbound_cfg = dataclasses.replace(e.outbound, name=f"{e.connection}/{e.child}/out/{e.outbound.spi:08x}")
+        outbound_cfg = dataclasses.replace(e.outbound, name=f"{e.connection}/{e.child}/out/{e.outbound.spi:08x}",
+                                           mtu=self.path_mtu if e.outbound.mtu is None else e.outbound.mtu)
         try:
             inbound = SecurityAssociation(inbound_cfg, registry=self.registry, now=now)
             outbound = SecurityAssociation(outbound_cfg, registry=self.registry, now=now)
@@ -762,11 +994,23 @@ class Driver:
             log.error("CHILD SA %s not installed: SA directions are %s / %s", e.child,
                       inbound.direction.value, outbound.direction.value)
             return
-        send_from = str(outbound_cfg.local) if str(outbound_cfg.local) in self._bound_hosts else None
-        child = ChildSa(e, inbound, outbound, send_from)
+        peer, here = self._child_hosts(e.connection, e.inbound.spi)
+        local = outbound_cfg.local if outbound_cfg.local is not None else here
+        send_from = str(local) if str(local) in self._bound_hosts else None
+        try:
+            child = ChildSa(e, inbound, outbound, send_from, peer=peer, local=here, installed_at=now)
+        except LocalError as exc:
+            log.error("CHILD SA %s not installed: %s", e.child, exc)
+            return
         # Newest first: after a rekey the new SA carries traffic at once, while the old one
-        # still decrypts what is in flight until its delete.
-        self.children.insert(0, child)
+        # still decrypts what is in flight until its delete.  The responder's side of a rekey
+        # (outbound_active False) goes right behind the SA it replaces: outbound traffic moves
+        # to it when that one is deleted, once the peer surely has the new inbound SA.
+        at = 0
+        if not getattr(e, "outbound_active", True) and e.rekeyed is not None:
+            old = self._by_spi.get(e.rekeyed[0])
+            at = self.children.index(old) + 1 if old in self.children else len(self.children)
+        self.children.insert(at, child)
         self._by_spi[inbound.spi] = child
         self._add_routes(child)
         backends = inbound.engine.backend_names
@@ -779,15 +1023,78 @@ class Driver:
                  ", ".join(child.local_ts), ", ".join(child.remote_ts))
         if self.keys is not None:
             self.keys.add_esp([inbound_cfg, outbound_cfg])
+        self._release_trap(e.connection)
+
+    def _child_hosts(self, connection: str, spi_in: int) -> tuple[IpAddress | None, IpAddress | None]:
+        """(peer, local) hosts of the IKE SA that carries the CHILD SA `spi_in`."""
+        sessions = getattr(self.endpoint, "sessions", None)
+        if sessions is not None:
+            for session in sessions(connection):
+                if spi_in in getattr(session, "children", {}):
+                    return _address_or_none(session.remote[0]), _address_or_none(session.local[0])
+        records = [r for r in self._ike_sas.values() if r.connection == connection]
+        if records:
+            r = records[-1]
+            return (_address_or_none(r.peer[0]) if r.peer else None,
+                    _address_or_none(r.local[0]) if r.local else None)
+        cfg = self.configs.get(connection)
+        if cfg is None:
+            return None, None
+        return (_address_or_none(cfg.remote_addrs[0] if cfg.remote_addrs else None),
+                _address_or_none(cfg.local_addrs[0] if cfg.local_addrs else None))
+
+    def _child_local(self, connection: str, spi_in: int) -> IpAddress | None:
+        return self._child_hosts(connection, spi_in)[1]
 
     def _on_ChildSaDeleted(self, e: ev.ChildSaDeleted) -> None:
         child = self._by_spi.get(e.inbound_spi)
-        if child is not None:
+        if child is not None and e.reason == "rekeyed":
+            # Replaced by a rekey: no more outbound traffic, but its inbound SA still takes
+            # what the peer sent before it switched, for REKEYED_INBOUND_GRACE_S.
+            if child in self.children:
+                self.children.remove(child)
+                self._remove_routes(child)
+            self._loop.call_later(REKEYED_INBOUND_GRACE_S, self._drop_inbound, child)
+        elif child is not None:
             self._remove_child(child)
         log.info("CHILD SA %s deleted (%s): SPIs %08x in / %08x out%s", e.child, e.reason,
                  e.inbound_spi, e.outbound_spi,
                  "" if child is None else
                  f", {child.inbound.stats.packets} packets in / {child.outbound.stats.packets} out")
+
+    def _drop_inbound(self, child: ChildSa) -> None:
+        if self._by_spi.get(child.inbound.spi) is child:
+            del self._by_spi[child.inbound.spi]
+
+    def _on_IkeSaRekeyed(self, e: ev.IkeSaRekeyed) -> None:
+        record = self._ike_sas.pop((e.old_spi_i, e.old_spi_r), None)
+        if record is not None:
+            record.spi_i, record.spi_r = e.spi_i, e.spi_r
+            self._ike_sas[(e.spi_i, e.spi_r)] = record
+            if e.old_spi_i in self._peers_by_spi_i:
+                self._peers_by_spi_i.setdefault(e.spi_i, self._peers_by_spi_i[e.old_spi_i])
+        log.info("IKE SA %s rekeyed: SPIs %016x_i %016x_r, %s", self._ike_name(e.connection, e.spi_i, e.spi_r),
+                 e.spi_i, e.spi_r, e.proposal)
+
+    def _on_ChildSaTrapped(self, e: ev.ChildSaTrapped) -> None:
+        if not any(conn == e.connection and name == e.child for conn, name, _ in self._traps):
+            self._traps.append((e.connection, e.child, child_selectors(e.local_ts, e.remote_ts)))
+        log.info("CHILD SA %s: peer dead, trap policy %s === %s", e.child, ", ".join(e.local_ts),
+                 ", ".join(e.remote_ts))
+
+    def _lifetimes(self, sa: SecurityAssociation, now: float) -> None:
+        """Tell the IKE endpoint when an SA reached its soft (rekey) or hard byte/packet limit."""
+        if sa.soft_expired and sa.spi not in self._soft_reported:
+            self._soft_reported.add(sa.spi)
+            report = getattr(self.endpoint, "child_soft_expired", None)
+        elif sa.hard_expired and sa.spi not in self._hard_reported:
+            self._hard_reported.add(sa.spi)
+            report = getattr(self.endpoint, "child_hard_expired", None)
+        else:
+            return
+        if report is not None:
+            report(sa.spi, now=now)
+            self._loop.call_soon(self._transmit)
 
     def _remove_child(self, child: ChildSa) -> None:
         if child in self.children:
@@ -798,17 +1105,16 @@ class Driver:
 
     # -- routes ----------------------------------------------------------------------------
 
-    def _route_source(self, child: ChildSa, network: IpNetwork) -> IpAddress | None:
-        """An address of this host inside the child's local traffic selectors (as strongSwan
-        picks the `src` of its routes), the IKE address first; None if there is none."""
-        local_nets = [n for t in child.local_ts for n in TrafficSelector.parse(t).networks
-                      if n.version == network.version]
+    def _route_source(self, local_nets: Sequence[IpNetwork], network: IpNetwork,
+                      ike_local: IpAddress | None) -> IpAddress | None:
+        """An address of this host inside the local traffic selectors (as strongSwan picks the
+        `src` of its routes), the IKE address first; None if there is none."""
+        local_nets = [n for n in local_nets if n.version == network.version]
         try:
             hosts = self.inner.host_addresses()
         except OSError as exc:
             log.debug("cannot list addresses: %s", exc)
             hosts = []
-        ike_local = child.outbound.config.local
         candidates = [h for h in hosts if h.version == network.version and not h.is_loopback
                       and not h.is_link_local and any(h in n for n in local_nets)]
         if ike_local in candidates:
@@ -817,35 +1123,117 @@ class Driver:
 
     def _add_routes(self, child: ChildSa) -> None:
         peer = ipaddress.ip_address(child.peer[0])
+        local_nets = [n for t in child.local_ts for n in TrafficSelector.parse(t).networks]
+        ike_local = _address_or_none(child.send_from) or _address_or_none(
+            self._child_local(child.connection, child.inbound.spi))
         for network in child.remote_networks:
-            if peer in network:
-                log.warning("CHILD SA %s: not routing %s into %s: it holds the peer %s, whose ESP "
-                            "would loop into the tunnel", child.child, network, self.inner.name, peer)
-                continue
-            self._routes[network] += 1
-            if self._routes[network] > 1:
-                continue
-            src = self._route_source(child, network)
+            self._route_ref(network, peer=peer, what=f"CHILD SA {child.child}",
+                            src=lambda n=network: self._route_source(local_nets, n, ike_local))
+
+    def _route_ref(self, network: IpNetwork, *, peer: IpAddress | None, what: str,
+                   src: Callable[[], IpAddress | None]) -> bool:
+        """Take a reference on the route of `network` into the inner interface, adding it on
+        the first.  A network that holds the peer goes through the policy table, so the
+        tunnel's own (marked) datagrams to the peer do not loop into it."""
+        policy = peer is not None and peer in network
+        if policy and self.mark is None:
+            log.warning("%s: not routing %s into %s: it holds the peer %s, whose ESP would loop "
+                        "into the tunnel (no socket mark to tell them apart)", what, network,
+                        self.inner.name, peer)
+            return False
+        self._routes[network] += 1
+        if self._routes[network] > 1:
+            return True
+        source = src()
+        try:
+            self.inner.add_route(network, src=source, policy=policy)
+        except OSError as exc:
+            self._routes[network] -= 1
+            if not self._routes[network]:
+                del self._routes[network]
+            log.error("%s: cannot route %s into %s: %s", what, network, self.inner.name, exc)
+            return False
+        log.debug("route %s dev %s%s%s", network, self.inner.name,
+                  f" src {source}" if source else "",
+                  f" table {POLICY_TABLE} (unmarked traffic)" if policy else "")
+        return True
+
+    def _route_unref(self, network: IpNetwork) -> None:
+        if self._routes.get(network, 0) <= 0:
+            return
+        self._routes[network] -= 1
+        if self._routes[network] == 0:
+            del self._routes[network]
             try:
-                self.inner.add_route(network, src=src)
+                self.inner.remove_route(network)
             except OSError as exc:
-                self._routes[network] -= 1
-                log.error("CHILD SA %s: cannot route %s into %s: %s", child.child, network,
-                          self.inner.name, exc)
-                continue
-            log.debug("route %s dev %s%s", network, self.inner.name, f" src {src}" if src else "")
+                log.error("cannot remove route %s from %s: %s", network, self.inner.name, exc)
 
     def _remove_routes(self, child: ChildSa) -> None:
         for network in child.remote_networks:
-            if self._routes.get(network, 0) <= 0:
+            self._route_unref(network)
+
+    # -- trap policies ---------------------------------------------------------------------
+
+    def _install_traps(self) -> None:
+        self._trap_routes: dict[str, list[IpNetwork]] = {}
+        for connection, child, selectors in self._traps:
+            cfg = self.configs[connection]
+            peer = _address_or_none(cfg.remote_addrs[0] if cfg.remote_addrs else None)
+            ike_local = _address_or_none(cfg.local_addrs[0] if cfg.local_addrs else None)
+            local_nets = list(dict.fromkeys(sel.local for sel in selectors))
+            added = self._trap_routes.setdefault(connection, [])
+            for network in dict.fromkeys(sel.remote for sel in selectors):
+                if self._route_ref(network, peer=peer, what=f"trap {connection}/{child}",
+                                   src=lambda n=network: self._route_source(local_nets, n, ike_local)):
+                    added.append(network)
+            log.info("trap %s/%s installed: %s", connection, child,
+                     ", ".join(f"{sel.local} === {sel.remote}" for sel in selectors))
+
+    def _remove_trap_routes(self, connection: str) -> None:
+        for network in getattr(self, "_trap_routes", {}).pop(connection, []):
+            self._route_unref(network)
+
+    def _trap(self, packet: bytes, s: PacketSelector) -> bool:
+        """Hold a packet that matches a trap policy and bring its connection up (once)."""
+        for connection, child, selectors in self._traps:
+            if not any(sel.matches(s.src, s.dst, s.protocol, s.src_port, s.dst_port)
+                       for sel in selectors):
                 continue
-            self._routes[network] -= 1
-            if self._routes[network] == 0:
-                del self._routes[network]
-                try:
-                    self.inner.remove_route(network)
-                except OSError as exc:
-                    log.error("cannot remove route %s from %s: %s", network, self.inner.name, exc)
+            queue = self._trap_queue.get(connection)
+            if queue is None:
+                queue = self._trap_queue[connection] = collections.deque(maxlen=TRAP_QUEUE_PACKETS)
+                if not self._connection_active(connection):
+                    log.info("trap %s/%s: %s -> %s, initiating", connection, child, s.src, s.dst)
+                    try:
+                        self.endpoint.initiate(connection, now=self._loop.time(), children=[child])
+                    except Exception as exc:
+                        log.error("trap %s: cannot initiate: %r", connection, exc)
+                        del self._trap_queue[connection]
+                        self.stats.drops["trap_failed"] += 1
+                        return True
+                    self._loop.call_soon(self._transmit)
+            if len(queue) == queue.maxlen:
+                self.stats.drops["trap_queue_full"] += 1
+            queue.append(packet)
+            return True
+        return False
+
+    def _release_trap(self, connection: str) -> None:
+        queue = self._trap_queue.pop(connection, None)
+        if queue:
+            self.send_inner(list(queue), now=self._loop.time())
+
+    def _fail_trap(self, connection: str) -> None:
+        queue = self._trap_queue.pop(connection, None)
+        if queue:
+            self.stats.drops["trap_failed"] += len(queue)
+
+    def _connection_active(self, connection: str) -> bool:
+        sessions = getattr(self.endpoint, "sessions", None)
+        if sessions is not None:
+            return any(not s.finished for s in sessions(connection))
+        return any(r.connection == connection for r in self._ike_sas.values())
 
     # -- packets ---------------------------------------------------------------------------
 
@@ -878,7 +1266,8 @@ class Driver:
             else:
                 child = next((c for c in children if c.matches_out(s)), None)
                 if child is None:
-                    drops["no_policy"] += 1
+                    if not (self._traps and self._trap(packet, s)):
+                        drops["no_policy"] += 1
                     continue
                 last = child
             group = groups.get(id(child))
@@ -887,6 +1276,11 @@ class Driver:
             else:
                 group[1].append(packet)
         for child, batch in groups.values():
+            limit = child.max_inner
+            if limit is not None and max(map(len, batch)) > limit:
+                batch = self._too_big(child, batch, limit)
+                if not batch:
+                    continue
             try:
                 wire = child.outbound.protect_batch(batch, now=now)
             except Exception as exc:   # lifetime, sequence numbers, a packet the SA refuses
@@ -898,11 +1292,42 @@ class Driver:
             if not wire:
                 continue
             strip = child.strip
-            sent = self.udp.send_esp_batch([w[strip:] for w in wire], child.peer, local=child.send_from)
+            if strip is not None:
+                payloads = [w[strip:] for w in wire]
+            else:
+                payloads = [w[_transport_strip(w):] for w in wire]
+            if child.outbound.soft_expired or child.outbound.hard_expired:
+                self._lifetimes(child.outbound, now)
+            sent = self.udp.send_esp_batch(payloads, child.peer, local=child.send_from)
             self.stats.esp_sent += sent
             if sent < len(wire):
                 drops["send_failed"] += len(wire) - sent
             self._last_sent[child.peer] = now
+
+    def _too_big(self, child: ChildSa, batch: list[bytes], limit: int) -> list[bytes]:
+        """The packets of `batch` that may go out: those that fit, and IPv4 ones without DF
+        (the kernel fragments their ESP datagram).  Each other one is dropped as too_big and
+        answered with ICMP "fragmentation needed" / ICMPv6 "packet too big" (RFC 4301 8.2)
+        into the inner interface, naming `limit` (the SA's `mtu` less the overhead, as the
+        data plane's `protected_len` gives it), from the packet's destination: an address of
+        this host as the source would be a martian to the local stack."""
+        from ipsec_core.dataplane import fragments
+
+        keep, icmps = [], []
+        for packet in batch:
+            if len(packet) <= limit or (packet[0] >> 4 == 4 and not packet[6] & 0x40):
+                keep.append(packet)
+            elif packet[0] >> 4 == 4:
+                icmps.append(fragments.icmp_frag_needed(
+                    packet, mtu=max(limit, fragments.IPV4_MIN_MTU), src=packet[16:20]))
+            else:
+                icmps.append(fragments.icmpv6_packet_too_big(
+                    packet, mtu=max(limit, fragments.IPV6_MIN_MTU), src=packet[24:40]))
+        if icmps:
+            self.stats.drops[DropReason.TOO_BIG.value] += len(icmps)
+            self.stats.icmp_too_big += len(icmps)
+            self.inner.write_batch(icmps)
+        return keep
 
     def esp_received(self, packets: list[bytes], addrs: list, *, local) -> None:
         """UdpHandler: ESP packets (SPI first) from one drain of a NAT-T socket."""
@@ -939,6 +1364,10 @@ class Driver:
                     drops[verdict.reason.value] += 1
             if out:
                 self.stats.inner_written += self.inner.write_batch(out)
+                if self._traffic_received is not None:
+                    self._traffic_received(spi, now=now)     # no liveness check needed
+            if child.inbound.soft_expired or child.inbound.hard_expired:
+                self._lifetimes(child.inbound, now)
 
     # -- NAT keepalives --------------------------------------------------------------------
 
@@ -972,6 +1401,33 @@ class Driver:
         return None
 
 
+def inner_mtu(configs: Sequence[IkeConfig], *, path_mtu: int = DEFAULT_PATH_MTU) -> int:
+    """The TUN MTU for `configs`: the longest inner packet whose tunnel-mode ESP-in-UDP packet
+    (outer IP, UDP, ESP header, IV, padding, ICV) still fits `path_mtu`, for the costliest of
+    the configured ESP proposals and outer address families (IPv6 where a peer's is unknown).
+    A proposal this build cannot read counts as DEFAULT_TUN_MTU."""
+    from ipsec_core.transforms.keywords import parse_esp
+
+    best = None
+    for cfg in configs:
+        versions = {v for v in (_address_or_none(a) for a in cfg.remote_addrs) if v is not None}
+        outer = 40 if not versions or any(a.version == 6 for a in versions) else 20
+        for child in cfg.children:
+            for text in child.esp_proposals:
+                try:
+                    proposal = parse_esp(text)
+                except Exception:
+                    fits = DEFAULT_TUN_MTU
+                else:
+                    info = proposal.encr_info
+                    icv = info.icv_bytes or (proposal.integ_info.icv_bytes if proposal.integ_info else 0)
+                    block = max(info.block_bytes, 4)
+                    fixed = outer + 8 + 8 + info.iv_bytes + icv     # IP, UDP, SPI + sequence, IV, ICV
+                    fits = (path_mtu - fixed) // block * block - 2  # pad length + next header
+                best = fits if best is None else min(best, fits)
+    return DEFAULT_TUN_MTU if best is None else best
+
+
 def _local_addresses(configs: Sequence[IkeConfig]) -> list[str]:
     out: list[str] = []
     for cfg in configs:
@@ -995,4 +1451,5 @@ def _one_port(configs: Sequence[IkeConfig], attr: str) -> int:
 
 
 __all__ = ["Driver", "DriverStats", "ChildSa", "InnerInterface", "MemoryInterface", "TunInterface",
-           "TrafficSelector", "child_selectors", "describe_ike_message", "CLOSE_TIMEOUT_S"]
+           "TrafficSelector", "child_selectors", "describe_ike_message", "inner_mtu", "CLOSE_TIMEOUT_S",
+           "DEFAULT_PATH_MTU", "BYPASS_MARK", "POLICY_TABLE"]

@@ -31,6 +31,7 @@ IpAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IpInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
 RT_TABLE_MAIN = 254
+FIB_RULE_INVERT = 0x2
 IFA_F_NODAD = 0x02
 #: errnos that mean "already gone" when removing: the route, address or link is not there.
 _GONE = frozenset({errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL})
@@ -289,6 +290,39 @@ class Netlink:
                                  ipaddress.ip_address(src) if src else None,
                                  msg.get("RTA_PRIORITY"),
                                  msg.get("RTA_TABLE") or msg["table"]))
+        return out
+
+    # -- policy rules --------------------------------------------------------------------
+
+    def add_bypass_rule(self, version: int, *, mark: int, table: int, priority: int) -> None:
+        """`ip rule add not fwmark MARK lookup TABLE priority PRIORITY` for IPv`version`: traffic
+        without the mark consults `table` first; marked traffic (the VPN's own sockets) skips it.
+        EEXIST if the same rule is there."""
+        self._call(f"add rule not fwmark {mark:#x} lookup {table} (IPv{version})", self._ipr.rule,
+                   "add", **self._rule_kwargs(version, mark=mark, table=table, priority=priority))
+
+    def remove_bypass_rule(self, version: int, *, mark: int, table: int, priority: int) -> None:
+        """Undo `add_bypass_rule` (a rule already gone is not an error)."""
+        try:
+            self._call(f"remove rule not fwmark {mark:#x} lookup {table} (IPv{version})",
+                       self._ipr.rule, "del",
+                       **self._rule_kwargs(version, mark=mark, table=table, priority=priority))
+        except NetlinkOperationError as exc:
+            if exc.errno not in _GONE:
+                raise
+
+    @staticmethod
+    def _rule_kwargs(version: int, *, mark: int, table: int, priority: int) -> dict:
+        return {"table": table, "priority": priority, "fwmark": mark, "fwmask": 0xFFFFFFFF,
+                "flags": FIB_RULE_INVERT, "family": _family(version)}
+
+    def rules(self, version: int) -> list[dict]:
+        """The policy rules of IPv`version`: `{"priority", "table", "fwmark", "invert"}` each."""
+        out = []
+        for msg in self._call(f"list rules (IPv{version})", self._ipr.get_rules,
+                              family=_family(version)):
+            out.append({"priority": msg.get("FRA_PRIORITY"), "table": msg.get("FRA_TABLE"),
+                        "fwmark": msg.get("FRA_FWMARK"), "invert": bool(msg["flags"] & FIB_RULE_INVERT)})
         return out
 
     def route_set(self) -> "RouteSet":

@@ -37,6 +37,7 @@ NAT_T_PORT = 4500
 #: Larger than any UDP payload over IPv4 or IPv6 (without jumbograms).
 MAX_DATAGRAM_BYTES = 65535
 DEFAULT_MAX_BATCH = 64
+SO_MARK = getattr(socket, "SO_MARK", 36)
 
 _MARKER_LEN = len(NON_ESP_MARKER)
 _KEEPALIVE_BYTE = NAT_KEEPALIVE[0]
@@ -133,12 +134,14 @@ class UdpEndpoint:
     namespace) and read once `start()` registers them with the loop; `open()` does both.
     `ike_port` / `nat_t_port`: 0 picks a free port (the same one on every address of that kind,
     see `.ike_port`, `.nat_t_port`); None opens no socket of that kind.
+    `mark`: SO_MARK on every socket (needs CAP_NET_ADMIN; skipped without), so policy routing
+    can tell the tunnel's own datagrams from the traffic it carries.
     """
 
     def __init__(self, handler: UdpHandler, *, local_addresses: Sequence[str],
                  ike_port: int | None = IKE_PORT, nat_t_port: int | None = NAT_T_PORT,
                  max_batch: int = DEFAULT_MAX_BATCH, rcvbuf: int | None = None,
-                 sndbuf: int | None = None):
+                 sndbuf: int | None = None, mark: int | None = None):
         if not local_addresses:
             raise LocalError("UdpEndpoint needs at least one local address (\"0.0.0.0\", \"::\", ...)")
         if ike_port is None and nat_t_port is None:
@@ -162,7 +165,7 @@ class UdpEndpoint:
                 if port is None:
                     continue
                 for host in local_addresses:
-                    bound = self._bind(kind, host, port, rcvbuf=rcvbuf, sndbuf=sndbuf)
+                    bound = self._bind(kind, host, port, rcvbuf=rcvbuf, sndbuf=sndbuf, mark=mark)
                     port = bound.local[1]  # port 0: the others reuse the port the first one got
                     self._sockets.append(bound)
                     self._default.setdefault((kind, bound.family), bound)
@@ -176,7 +179,7 @@ class UdpEndpoint:
 
     @staticmethod
     def _bind(kind: SocketKind, host: str, port: int, *, rcvbuf: int | None,
-              sndbuf: int | None) -> _BoundSocket:
+              sndbuf: int | None, mark: int | None = None) -> _BoundSocket:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
                                        flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE)
@@ -193,6 +196,13 @@ class UdpEndpoint:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             if sndbuf:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            if mark is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+                except PermissionError:
+                    # Without CAP_NET_ADMIN (ipsec demo as a user) there is no policy routing
+                    # to bypass either.
+                    log.debug("no SO_MARK on %s socket %s: not permitted", kind.value, host)
             sock.setblocking(False)
             try:
                 sock.bind(sockaddr)

@@ -98,11 +98,12 @@ class FakeIkeEndpoint:
         del self.sas[cfg.name]
 
     # the API
-    def initiate(self, connection, *, now):
+    def initiate(self, connection, *, now, children=None):
         cfg = self.configs[connection]
         sa = self.sas[connection] = {"spi_i": next(self._spis) << 32 | 1, "spi_r": 0,
                                      "children": {}, "pending": {}}
-        start = [c.name for c in cfg.children if c.start_action == "start"]
+        start = (list(children) if children is not None
+                 else [c.name for c in cfg.children if c.start_action == "start"])
         sa["pending"] = {c: next(self._spis) for c in start}
         self._send(cfg, sa, {"t": "init", "conn": connection, "children": sa["pending"]}, nat_t=False)
         self.timer = now + 0.05
