@@ -6,9 +6,15 @@ kernels/aes_gcm.cu); `ipsec_core.dataplane.esp.offload` hands each SA's batch ov
 (`encrypt_batch` / `decrypt_batch`), the core keeps sequence numbers, IVs, replay state and
 counters exactly as for the CPU backends.
 
+Whole ESP packets can be framed on the device too (`framing`: outer header, ESP header, IV,
+padding, trailer and ICV written by the kernel; ICV, padding and trailer checked on the way in),
+and `GpuAead` is a `BatchAead` (one launch per buffer of messages) for the core's batch path.
+
 Layout: `source` (kernel files, constants, launch geometry), `staging` (numpy), `engine` (SA
-slots, `GpuAead`), `cupy_launcher` (the GPU), `cpu_launcher` (the same kernel source built as
-C++ for tests), `bench` (`ipsec perf --backend gpu`).  CuPy and numpy are imported lazily: this
+slots, `GpuAead`), `framing` (ESP on the device), `cupy_launcher` (the GPU: chunks on several
+streams), `cpu_launcher` (the same kernel source built as C++ for tests), `ct_audit` (the
+constant-time check over the PTX), `bench` (`ipsec perf --backend gpu`), `check` (the device
+check, perf/gpu_check.sh).  CuPy and numpy are imported lazily: this
 module loads everywhere, and the backend reports itself unavailable, with the reason, where CuPy
 or a CUDA device is missing.  The CPU build is never what the registry registers; tests build a
 `GpuBackend(launcher=CpuLauncher())` of their own.
@@ -44,7 +50,8 @@ class GpuBackend(Backend):
             import numpy  # noqa: F401  (lazy: optional extra)
             import cupy
         except Exception as exc:  # ImportError, or a CUDA library that fails to load
-            return f"CuPy is not importable ({exc.__class__.__name__}: {exc}); install ipsec-suite[gpu]"
+            return (f"CuPy is not importable ({exc.__class__.__name__}: {exc}); install ipsec-suite[gpu-cuda12] "
+                    "or ipsec-suite[gpu-cuda13] to match the CUDA driver")
         try:
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:
@@ -55,6 +62,25 @@ class GpuBackend(Backend):
 
     def features(self):
         return (Feature("aes-gcm", KEY_BITS, tag_bytes=(TAG_BYTES,)),)
+
+    def details(self) -> dict:
+        """Where this backend runs, for `ipsec backends`: the device, the CUDA driver and
+        runtime versions and CuPy's (or the CPU build of the kernels, for tests)."""
+        launcher = self._launcher
+        if launcher is not None:
+            return {"device": getattr(launcher, "device_name", getattr(launcher, "name", "?"))}
+        from ipsec_plugins.gpu.cupy_launcher import cuda_versions
+
+        out = cuda_versions()
+        try:
+            import cupy
+
+            props = cupy.cuda.runtime.getDeviceProperties(0)
+            name = props["name"]
+            out = {"device": name.decode() if isinstance(name, bytes) else str(name), **out}
+        except Exception:
+            pass
+        return out
 
     @property
     def engine(self):

@@ -3,13 +3,16 @@
 Owns: `GpuEngine` (one launcher, the table of installed SAs, the lock that serialises batches
 through the launcher's reused buffers) and `GpuAead`, the object an SA binds: `encrypt` /
 `decrypt` (a batch of one: the registration self-test and single-packet `protect` use them) and
-`encrypt_batch` / `decrypt_batch` (what `ipsec_core.dataplane.esp.offload` calls, once per batch).
+`encrypt_batch` / `decrypt_batch` (what `ipsec_core.dataplane.esp.offload` calls, once per batch),
+and `seal_batch` / `open_batch` (`ipsec_core.crypto.base.BatchAead`: one buffer of messages, in
+place, one launch).
 Must not: hold protocol rules (nonces, AADs and ICV checks on the wire are the core's), do I/O
 on the data path, or import CuPy (launchers do; see `cupy_launcher` and `cpu_launcher`).
 
 A launcher is any object with `alloc(name, count, dtype)`, `install(slot, key)`,
-`clear(slot)` and `run(staged, lanes=None)`: the CuPy one for a real GPU, the CPU build of the
-same kernel source for tests.
+`set_params(slot, params)`, `clear(slot)`, `run(staged, lanes=None)` and, for ESP framing
+(`ipsec_plugins.gpu.framing`), `run_seal` / `run_open`: the CuPy one for a real GPU, the CPU
+build of the same kernel source for tests.
 """
 from __future__ import annotations
 
@@ -73,13 +76,39 @@ class GpuEngine:
             return staging.opened(st) if decrypt else staging.sealed(st)
 
 
+    def run_buffer(self, slot: int, buf, offsets, lengths, nonces, aads, *, decrypt: bool):
+        """Seal or open the messages of one buffer in place, in one launch (`BatchAead`)."""
+        import numpy as np
+
+        if not len(offsets):
+            return b""
+        with self._lock:
+            st = staging.stage_buffer(self.launcher.alloc, slot=slot, buf=buf, offsets=offsets,
+                                      lengths=lengths, nonces=nonces, aads=aads, decrypt=decrypt)
+            self.launcher.run(st, lanes=self.lanes)
+            staging.check_verdicts(st)
+            ok = st.verdicts == staging.VERDICT_OK
+            if decrypt:
+                # only the plaintext of messages whose tag verifies goes back into the buffer
+                view = np.frombuffer(buf, dtype=np.uint8)
+                keep = view.copy()
+                view[:] = st.data[:len(view)]
+                for i in np.flatnonzero(~ok).tolist():
+                    o, n = int(st.offsets[i]), int(st.lengths[i])
+                    view[o:o + n] = keep[o:o + n]
+                return ok.astype(np.uint8).tobytes()
+            memoryview(buf)[:] = st.data[:len(buf)].tobytes()
+            return None
+
+
 class GpuAead:
     """AES-GCM with 16-byte tags for one SA, computed by the engine's kernels."""
 
-    __slots__ = ("tag_bytes", "slot", "_engine", "__weakref__")
+    __slots__ = ("tag_bytes", "slot", "esp_params", "_engine", "__weakref__")
 
     def __init__(self, engine: GpuEngine, key: bytes):
         self.tag_bytes = TAG_BYTES
+        self.esp_params: bytes | None = None     # what framing last wrote to the device for it
         self._engine = engine
         self.slot = engine.install(key)
         weakref.finalize(self, engine.release, self.slot)
@@ -96,6 +125,15 @@ class GpuAead:
         if out is None:
             raise AuthenticationError("AEAD tag does not verify")
         return out
+
+    def seal_batch(self, buf, offsets, lengths, nonces, aads) -> None:
+        """`BatchAead`: every message of `buf` sealed in place, its tag after it, in one launch."""
+        self._engine.run_buffer(self.slot, buf, offsets, lengths, nonces, aads, decrypt=False)
+
+    def open_batch(self, buf, offsets, lengths, nonces, aads) -> bytes:
+        """`BatchAead`: every message of `buf` opened in place in one launch; one verdict byte
+        per message, 1 where its tag verifies (its bytes stay as they were where not)."""
+        return self._engine.run_buffer(self.slot, buf, offsets, lengths, nonces, aads, decrypt=True)
 
     def encrypt_batch(self, nonces: Sequence[bytes], plaintexts: Sequence[bytes],
                       aads: Sequence[bytes]) -> list[bytes]:

@@ -20,16 +20,23 @@ HOST_FILES = ("host_shim.h", "host_launch.cpp")
 # the CPU build and the rest against the source text.
 MAX_LANES = 32
 MAX_BLOCK_THREADS = 256
-SA_BYTES = 8448
+#: GHASH blocks one packet may have (AAD and payload together): the powers of H each SA keeps.
+MAX_GHASH_BLOCKS = 4112
+SA_BYTES = 256 + 16 * MAX_GHASH_BLOCKS
+SA_PARAM_BYTES = 64
 SKIP = 0xFFFFFFFF
 VERDICT_OK = 1
 VERDICT_BAD_TAG = 2
 VERDICT_SKIPPED = 3
+VERDICT_BAD_PADDING = 4
 TAG_BYTES = 16
+#: Bytes every host buffer has after its data: the kernels' unaligned 16-byte loads may read
+#: up to 3 bytes past a packet.
+SLACK_BYTES = 16
 NONCE_BYTES = 12
 KEY_SLOT_BYTES = 32        # keys travel to gcm_install in 32-byte slots
-#: Largest payload one packet may have (the kernel keeps lengths in 32 bits, the tag after them).
-MAX_PAYLOAD_BYTES = 0xFFFFFFFF - 2 * TAG_BYTES
+#: Largest AAD + payload one packet may have: one power of H per GHASH block, less the length block.
+MAX_GHASH_INPUT_BYTES = 16 * (MAX_GHASH_BLOCKS - 3)
 
 
 def read(name: str) -> str:

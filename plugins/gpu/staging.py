@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ipsec_plugins.gpu.source import (MAX_PAYLOAD_BYTES, NONCE_BYTES, SKIP, TAG_BYTES, VERDICT_BAD_TAG,
+from ipsec_plugins.gpu.source import (MAX_GHASH_INPUT_BYTES, NONCE_BYTES, SKIP, SLACK_BYTES, TAG_BYTES,
+                                      VERDICT_BAD_TAG,
                                       VERDICT_OK, VERDICT_SKIPPED)
 
 #: alloc(name, count, dtype) -> a writable 1-D array of `count` elements, reused between batches.
@@ -77,11 +78,14 @@ def stage(alloc: Alloc, *, slots: int | Sequence[int], nonces: Sequence[bytes],
         joined = _TAG_SLOT.join(items) + _TAG_SLOT        # each plaintext, then its tag's place
         stride = lens + TAG_BYTES
         payload = lens
-    work = payload[payload != SKIP]
-    if work.size and int(work.max()) > MAX_PAYLOAD_BYTES:
-        raise ValueError(f"a payload of {int(work.max())} bytes is over the kernel's limit")
+    aad_lens = _lengths(aads, n)
+    ghash_input = np.where(payload == SKIP, 0, payload) + aad_lens
+    if int(ghash_input.max()) > MAX_GHASH_INPUT_BYTES:
+        i = int(np.argmax(ghash_input))
+        raise ValueError(f"packet {i} of the batch has {int(ghash_input[i])} bytes of AAD and payload; "
+                         f"the gpu kernels take at most {MAX_GHASH_INPUT_BYTES} (one power of H per block)")
 
-    data = alloc("data", max(len(joined), 1), np.uint8)
+    data = alloc("data", len(joined) + SLACK_BYTES, np.uint8)
     data[:len(joined)] = np.frombuffer(joined, dtype=np.uint8)
     offsets = alloc("offsets", n, np.uint64)
     _exclusive_cumsum(offsets, stride)
@@ -91,9 +95,8 @@ def stage(alloc: Alloc, *, slots: int | Sequence[int], nonces: Sequence[bytes],
     nonce_buf = alloc("nonces", NONCE_BYTES * n, np.uint8)
     nonce_buf[:] = np.frombuffer(b"".join(nonces), dtype=np.uint8)
 
-    aad_lens = _lengths(aads, n)
     joined_aad = b"".join(aads)
-    aad = alloc("aad", max(len(joined_aad), 1), np.uint8)
+    aad = alloc("aad", len(joined_aad) + SLACK_BYTES, np.uint8)
     aad[:len(joined_aad)] = np.frombuffer(joined_aad, dtype=np.uint8)
     aad_offsets = alloc("aad_offsets", n, np.uint64)
     _exclusive_cumsum(aad_offsets, aad_lens)
@@ -118,7 +121,50 @@ def stage(alloc: Alloc, *, slots: int | Sequence[int], nonces: Sequence[bytes],
                   ghash_blocks=max(ghash, 1))
 
 
-def _check_verdicts(st: Staged) -> None:
+def stage_buffer(alloc: Alloc, *, slot: int, buf, offsets, lengths, nonces, aads,
+                 decrypt: bool) -> Staged:
+    """Lay out a batch given as one buffer (the core's `BatchAead` call): message i is
+    `buf[offsets[i]:offsets[i] + lengths[i]]`, its tag right after it; `nonces` n x 12 bytes,
+    `aads` n x w bytes.  A region outside the buffer is a ValueError, before anything moves."""
+    n = len(offsets)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if n == 0:
+        raise ValueError("an empty batch has nothing to stage")
+    if len(nonces) != NONCE_BYTES * n or len(aads) % n:
+        raise ValueError(f"batch of {n} messages with {len(nonces)} nonce bytes and {len(aads)} AAD bytes")
+    width = len(aads) // n
+    if (offsets < 0).any() or (lengths < 0).any() or int((offsets + lengths).max()) + TAG_BYTES > len(buf):
+        raise ValueError("a message or its tag lies outside the batch buffer")
+    if int(lengths.max()) + width > MAX_GHASH_INPUT_BYTES:
+        raise ValueError(f"a message of {int(lengths.max())} bytes is over the gpu kernels' limit "
+                         f"of {MAX_GHASH_INPUT_BYTES} bytes of AAD and payload")
+    size = len(buf)
+    data = alloc("data", size + SLACK_BYTES, np.uint8)
+    data[:size] = np.frombuffer(buf, dtype=np.uint8)
+    offs = alloc("offsets", n, np.uint64)
+    offs[:] = offsets
+    lens = alloc("lengths", n, np.uint32)
+    lens[:] = lengths
+    nonce_buf = alloc("nonces", NONCE_BYTES * n, np.uint8)
+    nonce_buf[:] = np.frombuffer(nonces, dtype=np.uint8)
+    aad = alloc("aad", len(aads) + SLACK_BYTES, np.uint8)
+    aad[:len(aads)] = np.frombuffer(aads, dtype=np.uint8)
+    aad_offsets = alloc("aad_offsets", n, np.uint64)
+    aad_offsets[:] = np.arange(n, dtype=np.uint64) * np.uint64(width)
+    aad_lengths = alloc("aad_lengths", n, np.uint32)
+    aad_lengths[:] = width
+    slot_arr = alloc("slots", n, np.uint32)
+    slot_arr[:] = slot
+    verdicts = alloc("verdicts", n, np.uint8)
+    verdicts[:] = 0
+    ghash = int(((width + 15) // 16 + (lengths + 15) // 16 + 1).sum())
+    return Staged(n=n, decrypt=decrypt, data=data, data_bytes=size, offsets=offs, lengths=lens,
+                  nonces=nonce_buf, aad=aad, aad_offsets=aad_offsets, aad_lengths=aad_lengths,
+                  slots=slot_arr, verdicts=verdicts, ghash_blocks=max(ghash, 1))
+
+
+def check_verdicts(st: Staged) -> None:
     """Every packet must carry a verdict that fits it: anything else is a launch bug, which must
     never turn into "authenticated" or into a silently missing packet."""
     v = st.verdicts
@@ -134,7 +180,7 @@ def _check_verdicts(st: Staged) -> None:
 
 def sealed(st: Staged) -> list[bytes]:
     """ciphertext || tag of every packet of a sealed batch."""
-    _check_verdicts(st)
+    check_verdicts(st)
     view = memoryview(st.data)
     starts = st.offsets.tolist()
     ends = (st.offsets + st.lengths + TAG_BYTES).tolist()
@@ -143,7 +189,7 @@ def sealed(st: Staged) -> list[bytes]:
 
 def opened(st: Staged) -> list[bytes | None]:
     """The plaintext of every packet of an opened batch, None where the tag does not verify."""
-    _check_verdicts(st)
+    check_verdicts(st)
     view = memoryview(st.data)
     ok = (st.verdicts == VERDICT_OK).tolist()
     starts = st.offsets.tolist()
@@ -151,4 +197,4 @@ def opened(st: Staged) -> list[bytes | None]:
     return [view[s:e].tobytes() if good else None for s, e, good in zip(starts, ends, ok)]
 
 
-__all__ = ["Alloc", "Staged", "opened", "sealed", "stage", "VERDICT_BAD_TAG"]
+__all__ = ["Alloc", "Staged", "opened", "sealed", "stage", "stage_buffer", "VERDICT_BAD_TAG"]

@@ -16,6 +16,9 @@
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 inline std::barrier<> *g_block_barrier;
