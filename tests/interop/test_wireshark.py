@@ -56,6 +56,7 @@ def write_sa_file(path: Path, proposal: str, *, spi: int, mode: str = "tunnel", 
     if encap_ports:
         lines.append(f"encap_ports = [{encap_ports[0]}, {encap_ports[1]}]")
     path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)       # it holds keys: readable by others, the CLI would warn about it
     return path
 
 

@@ -236,6 +236,7 @@ def _sa_file(path: Path, tables: list[dict]) -> Path:
             lines.append(f"{k} = {v!r}".replace("'", '"') if not isinstance(v, dict) else
                          f'{k} = {{ local = "{v["local"]}", remote = "{v["remote"]}" }}')
     path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)       # it holds keys: readable by others, loading it would warn
     return path
 
 
