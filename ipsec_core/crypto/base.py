@@ -73,6 +73,10 @@ plaintexts, aads) -> list[ciphertext || tag]` and `decrypt_batch(nonces, ciphert
 aads) -> list[plaintext or None]` (None where the tag does not verify), over sequences of equal
 length.  When an AEAD has them, `protect_batch` / `unprotect_batch` of an SA make one call per
 batch (see `ipsec_core.dataplane.esp.offload`); everything else about the packets stays in the core.
+
+Optional, for backends that write and check whole ESP packets themselves (the GPU's framing
+kernels): `FramingAead` (below).  The engine asks it once, at SA install, and then hands it
+every batch first.
 """
 from __future__ import annotations
 
@@ -223,6 +227,27 @@ class BatchAead(Protocol):
     def seal_batch(self, buf, offsets, lengths, nonces, aads) -> None: ...
 
     def open_batch(self, buf, offsets, lengths, nonces, aads) -> bytes: ...
+
+
+@runtime_checkable
+class FramingAead(Protocol):
+    """Optional: an Aead whose backend frames whole ESP batches of one SA itself (headers,
+    padding, trailer, ICV on the way out; ICV, padding and trailer checked on the way in).
+
+    `framing_refusal(engine)` is asked once, when the SA's `EspEngine` is made: None when this
+    object frames that SA's packets, else why not (the SA keeps the core's batch paths).  Then
+    `frame_protect(engine, packets, now=)` / `frame_unprotect(engine, packets, now=)` get every
+    batch first and return exactly what `EspEngine.protect_batch` / `unprotect_batch` would (the
+    packets, or per packet the inner packet or an uncounted `PacketDropped`; raising as they
+    raise), with the SA's sequence numbers, replay window, lifetimes and counters left as one by
+    one would leave them.  They return None, having changed nothing, for a batch they cannot
+    frame exactly (a lifetime edge inside it, a malformed packet, ...): the core's path takes it."""
+
+    def framing_refusal(self, engine) -> str | None: ...
+
+    def frame_protect(self, engine, packets, *, now: float) -> list | None: ...
+
+    def frame_unprotect(self, engine, packets, *, now: float) -> list | None: ...
 
 
 @runtime_checkable

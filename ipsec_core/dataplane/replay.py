@@ -72,5 +72,17 @@ class ReplayWindow:
         elif self.size:
             self.bitmap |= 1 << (self.top - seq)
 
+    def advance(self, top: int, received: int) -> None:
+        """Record many authenticated sequence numbers at once, all above the window's top (a
+        batch that arrived in order): `top` is the highest of them and bit i of `received` says
+        that `top - i` is one of them (bits at or past the window's size are ignored).  Leaves
+        the state `update` of each of them in turn would leave."""
+        if top <= self.top:
+            raise ValueError(f"advance() needs a top above the window's {self.top}, not {top}")
+        shift = top - self.top
+        kept = self.bitmap << shift if shift < self.size else 0
+        self.bitmap = (kept | received) & self._mask
+        self.top = top
+
     def snapshot(self) -> tuple[int, int]:
         return self.top, self.bitmap

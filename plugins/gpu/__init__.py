@@ -2,13 +2,13 @@
 ICVs (RFC 4106; also RFC 4543 GMAC, which is AES-GCM with everything in the AAD).
 
 One kernel launch seals or opens a whole batch of packets, of one SA or several (see
-kernels/aes_gcm.cu); `ipsec_core.dataplane.esp.offload` hands each SA's batch over in one call
-(`encrypt_batch` / `decrypt_batch`), the core keeps sequence numbers, IVs, replay state and
-counters exactly as for the CPU backends.
-
-Whole ESP packets can be framed on the device too (`framing`: outer header, ESP header, IV,
-padding, trailer and ICV written by the kernel; ICV, padding and trailer checked on the way in),
-and `GpuAead` is a `BatchAead` (one launch per buffer of messages) for the core's batch path.
+kernels/aes_gcm.cu).  `GpuAead` is the core's `FramingAead`: `protect_batch` / `unprotect_batch`
+of an SA on this backend have the whole ESP packets framed on the device (`framing`: outer
+header, ESP header, IV, padding, trailer and ICV written by the kernel; ICV, padding and trailer
+checked on the way in), while the core keeps sequence numbers, replay state, lifetimes and
+counters exactly as for the CPU backends.  SAs and batches framing declines go through
+`ipsec_core.dataplane.esp.offload` (`encrypt_batch` / `decrypt_batch`, still one launch), and
+`GpuAead` is also a `BatchAead` (one launch per buffer of messages).
 
 Layout: `source` (kernel files, constants, launch geometry), `staging` (numpy), `engine` (SA
 slots, `GpuAead`), `framing` (ESP on the device), `cupy_launcher` (the GPU: chunks on several

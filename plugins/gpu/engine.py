@@ -2,10 +2,12 @@
 
 Owns: `GpuEngine` (one launcher, the table of installed SAs, the lock that serialises batches
 through the launcher's reused buffers) and `GpuAead`, the object an SA binds: `encrypt` /
-`decrypt` (a batch of one: the registration self-test and single-packet `protect` use them) and
-`encrypt_batch` / `decrypt_batch` (what `ipsec_core.dataplane.esp.offload` calls, once per batch),
-and `seal_batch` / `open_batch` (`ipsec_core.crypto.base.BatchAead`: one buffer of messages, in
-place, one launch).
+`decrypt` (a batch of one: the registration self-test and single-packet `protect` use them),
+`frame_protect` / `frame_unprotect` (`ipsec_core.crypto.base.FramingAead`: whole ESP batches of
+an SA framed by the kernels, see `framing`; what `protect_batch` / `unprotect_batch` of an SA
+on this backend take), `encrypt_batch` / `decrypt_batch` (what `ipsec_core.dataplane.esp.offload`
+calls, once per batch, for a batch or an SA framing declines), and `seal_batch` / `open_batch`
+(`ipsec_core.crypto.base.BatchAead`: one buffer of messages, in place, one launch).
 Must not: hold protocol rules (nonces, AADs and ICV checks on the wire are the core's), do I/O
 on the data path, or import CuPy (launchers do; see `cupy_launcher` and `cpu_launcher`).
 
@@ -21,7 +23,7 @@ import weakref
 from typing import Sequence
 
 from ipsec_core.errors import AuthenticationError
-from ipsec_plugins.gpu import staging
+from ipsec_plugins.gpu import framing, staging
 from ipsec_plugins.gpu.source import NONCE_BYTES, TAG_BYTES
 
 
@@ -134,6 +136,18 @@ class GpuAead:
         """`BatchAead`: every message of `buf` opened in place in one launch; one verdict byte
         per message, 1 where its tag verifies (its bytes stay as they were where not)."""
         return self._engine.run_buffer(self.slot, buf, offsets, lengths, nonces, aads, decrypt=True)
+
+    def framing_refusal(self, engine) -> str | None:
+        """`FramingAead`: None when the kernels frame this SA's ESP packets, else why not."""
+        return framing.unframable(engine)
+
+    def frame_protect(self, engine, packets, *, now: float) -> list[bytes] | None:
+        """`FramingAead`: the SA's batch framed in one esp_seal launch, or None (declined)."""
+        return framing.frame_protect(engine, packets, now=now)
+
+    def frame_unprotect(self, engine, packets, *, now: float) -> list | None:
+        """`FramingAead`: the SA's batch checked and opened in one esp_open launch, or None."""
+        return framing.frame_unprotect(engine, packets, now=now)
 
     def encrypt_batch(self, nonces: Sequence[bytes], plaintexts: Sequence[bytes],
                       aads: Sequence[bytes]) -> list[bytes]:

@@ -5,19 +5,25 @@ Owns: the host half of device framing: which SAs and batches the kernels can fra
 public parameters (`sa_params`), the launch layout of a batch (numpy over the whole batch:
 version and header checks, payload and output lengths, 16-byte alignment of every packet's
 GHASH input, sequence numbers and IPv4 identifications), one launch per batch whatever the
-number of SAs in it, and the commit of the SA state afterwards.
+number of SAs in it, and the commit of the SA state afterwards.  `GpuAead` is the core's
+`FramingAead` through `unframable` (asked once at SA install), `frame_protect` and
+`frame_unprotect` (every batch of an SA on the gpu backend); `protect_batches` /
+`unprotect_batches` put batches of several SAs into one launch.
 Must not: decide anything differently from `EspEngine.protect` / `unprotect`.  The core's rules
 stay the core's: a batch the vector checks do not clear on the way out (a malformed packet, a
-lifetime or sequence-number edge inside the batch, UDP encapsulation, TFC padding) goes to
-`ipsec_core.dataplane.esp.offload` whole (still one launch of crypto); on the way in, a packet
-the kernel cannot take (foreign, malformed, extension headers, a sequence number whose ESN
-estimate moves inside the batch) goes through `EspEngine.unprotect` in its place, and every
-packet the kernel opened passes the replay check, the update, decapsulation (the core's
-`decapsulate` / `_detransport`) and the counters in order, exactly as one by one.
+lifetime or sequence-number edge inside the batch) is declined whole, before anything changes,
+and takes the core's batch path (still one launch of crypto); so is a batch with a lifetime
+edge on the way in.  On the way in, a packet the kernel cannot take (foreign, malformed,
+extension headers, a sequence number whose ESN estimate moves inside the batch) goes through
+`EspEngine.unprotect` in its place, and every packet the kernel opened passes the replay check,
+the update, decapsulation (the core's `decapsulate` / `_detransport`) and the counters in
+order, exactly as one by one.
 
-Per batch the host does a fixed number of numpy operations and one transfer each way; on the
-way in the replay window and decapsulation are still a loop over packets in Python (no crypto
-in it).
+Per batch the host does a fixed number of numpy operations and one transfer each way.  A batch
+that arrives in order (every sequence number right of the window and above the one before it:
+the common case) has its replay window and counters updated in one step at its end; other
+batches check and update the window packet by packet.  Decapsulation is still a loop over the
+packets in Python (no crypto in it).
 """
 from __future__ import annotations
 
@@ -26,7 +32,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ipsec_core.dataplane.batch import PacketBatch, np, slices
-from ipsec_core.dataplane.esp import offload as esp_offload
 from ipsec_core.dataplane.esp.fast import _limits_allow
 from ipsec_core.errors import DropReason, PacketDropped
 from ipsec_core.transforms.iana import CipherKind
@@ -245,46 +250,29 @@ def _stage_seal(alloc, plans: Sequence[_SealPlan]) -> SealStaged:
         ghash_blocks=int(((pay + 2 + 15) // 16 + 3).sum()))
 
 
-def protect_batches(groups: Sequence[tuple[object, object]], *, now: float, as_batch: bool = False) -> list:
-    """Protect several SAs' batches, `(sa, packets)` each (packets: a list of bytes or a
-    `PacketBatch`), with one esp_seal launch for every batch the device can frame; the ESP
-    packets of each, as `sa.protect` would make them one by one: lists of bytes, or with
-    `as_batch` one `PacketBatch` each (no object per packet: all share one buffer)."""
-    results: list = [None] * len(groups)
-    plans, where, launcher = [], [], None
-    for g, (sa, packets) in enumerate(groups):
-        engine = sa.engine
-        batch = _as_batch(packets)
-        plan = None
-        if len(batch) and unframable(engine) is None:
-            plan = _seal_plan(engine, batch, now)
-        if plan is None:
-            done = esp_offload.protect_batch(engine, batch.packets(), now) if len(batch) else []
-            results[g] = PacketBatch.from_packets(done) if as_batch else done
-            continue
-        this = engine.aead.engine
-        if launcher is not None and this.launcher is not launcher:
-            raise ValueError("one framing launch needs SAs of one gpu backend (one device SA table)")
-        launcher = this.launcher
-        plans.append(plan)
-        where.append(g)
-    if not plans:
-        return results
-    gpu = plans[0].engine.aead.engine
+def _seal(planned: Sequence[_SealPlan], *, now: float, as_batch: bool) -> list:
+    """One esp_seal launch over the planned batches (of one or more SAs of one gpu backend),
+    then each SA's state committed: sequence number, IPv4 identification, counters, soft
+    limit.  Per plan the ESP packets, a list of bytes or with `as_batch` one PacketBatch."""
+    gpu = planned[0].engine.aead.engine
+    launcher = gpu.launcher
+    if any(p.engine.aead.engine.launcher is not launcher for p in planned):
+        raise ValueError("one framing launch needs SAs of one gpu backend (one device SA table)")
     with gpu._lock:
-        st = _stage_seal(launcher.alloc, plans)
+        st = _stage_seal(launcher.alloc, planned)
         launcher.run_seal(st, lanes=gpu.lanes)
         if (st.verdicts != source.VERDICT_OK).any():
             i = int(np.argmax(st.verdicts != source.VERDICT_OK))
             raise RuntimeError(f"esp_seal left packet {i} of {st.n} with verdict {int(st.verdicts[i])}: "
                                "launch geometry or transfer bug")
         data = bytearray(st.out[:st.out_bytes]) if as_batch else st.out[:st.out_bytes].tobytes()
+    results = []
     first = 0
-    for plan, g in zip(plans, where):
+    for plan in planned:
         n = len(plan.batch)
         offsets = st.out_off[first:first + n].astype(np.int64)
         lengths = st.out_len[first:first + n]
-        results[g] = PacketBatch(data, offsets, lengths) if as_batch else slices(data, offsets, lengths)
+        results.append(PacketBatch(data, offsets, lengths) if as_batch else slices(data, offsets, lengths))
         first += n
         engine, sa = plan.engine, plan.engine.sa
         sa.seq = int(plan.seqs[-1])
@@ -293,6 +281,40 @@ def protect_batches(groups: Sequence[tuple[object, object]], *, now: float, as_b
         sa.stats.packets += n
         sa.stats.bytes += plan.octets
         sa.note_soft_limit(now)
+    return results
+
+
+def frame_protect(engine, packets, *, now: float) -> list[bytes] | None:
+    """`EspEngine.protect_batch` for an SA the kernels frame (`unframable(engine)` is None), in
+    one esp_seal launch; None, with nothing changed, for a batch that one-by-one processing
+    could end differently from the vector layout somewhere (the core's path takes it)."""
+    batch = _as_batch(packets)
+    plan = _seal_plan(engine, batch, now) if len(batch) else None
+    return None if plan is None else _seal([plan], now=now, as_batch=False)[0]
+
+
+def protect_batches(groups: Sequence[tuple[object, object]], *, now: float, as_batch: bool = False) -> list:
+    """Protect several SAs' batches, `(sa, packets)` each (packets: a list of bytes or a
+    `PacketBatch`), with one esp_seal launch for every batch the device can frame; the ESP
+    packets of each, as `sa.protect` would make them one by one: lists of bytes, or with
+    `as_batch` one `PacketBatch` each (no object per packet: all share one buffer).  A batch
+    the device cannot frame goes through `sa.protect_batch`, before the launch."""
+    results: list = [None] * len(groups)
+    plans, where = [], []
+    for g, (sa, packets) in enumerate(groups):
+        batch = _as_batch(packets)
+        plan = None
+        if len(batch) and unframable(sa.engine) is None:
+            plan = _seal_plan(sa.engine, batch, now)
+        if plan is None:
+            done = sa.protect_batch(batch.packets(), now=now)
+            results[g] = PacketBatch.from_packets(done) if as_batch else done
+            continue
+        plans.append(plan)
+        where.append(g)
+    if plans:
+        for g, out in zip(where, _seal(plans, now=now, as_batch=as_batch)):
+            results[g] = out
     return results
 
 
@@ -421,15 +443,42 @@ def _stage_open(alloc, plans: Sequence[_OpenPlan]) -> OpenStaged:
         ghash_blocks=int(((body + 15) // 16 + 3).sum()))
 
 
+def _in_order(plan: _OpenPlan, replay) -> bool:
+    """Whether every packet of the batch goes to the kernel with a sequence number right of the
+    window and above the one before it.  Then no replay check can drop one of them, and no ESN
+    estimate can move inside the batch (each number lies within 2^32 - window of the top, and
+    the top only rises towards it), so the window takes the batch in one step (`_advance`)."""
+    seqs = plan.seqs
+    return (len(plan.dev) == len(seqs) and int(seqs[0]) > replay.top
+            and bool((seqs[1:] > seqs[:-1]).all()))
+
+
+def _advance(replay, seqs) -> None:
+    """`replay.update` of each of `seqs` (uint64, increasing, all right of the window) in turn,
+    as one step: the new top and the bitmap of the numbers that stay inside the window."""
+    top = int(seqs[-1])
+    behind = np.uint64(top) - seqs
+    behind = behind[behind < replay.size].astype(np.int64)
+    received = 0
+    if len(behind):
+        bits = np.zeros(int(behind[0]) + 1, np.uint8)           # behind[0] is the largest
+        bits[behind] = 1
+        received = int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
+    replay.advance(top, received)
+
+
 def _finish_open(plan: _OpenPlan, st: OpenStaged, first: int, now: float) -> list:
     """The verdict of every packet of one SA's batch, in order, as `EspEngine.unprotect` gives
-    it: the replay check, ICV, padding, decapsulation, the window update and the counters."""
+    it: the replay check, ICV, padding, decapsulation, the window update and the counters.  A
+    batch in order (`_in_order`) skips the per-packet replay check and updates the window and
+    the counters once at the end; any other goes the exact way, packet by packet."""
     engine = plan.engine
     sa = engine.sa
     replay = sa.replay
     stats = sa.stats
     batch = plan.batch
     n = len(batch)
+    exact = not _in_order(plan, replay)
     at = np.full(n, -1, np.int64)
     at[plan.dev] = np.arange(first, first + len(plan.dev))
     at_l = at.tolist()
@@ -447,25 +496,28 @@ def _finish_open(plan: _OpenPlan, st: OpenStaged, first: int, now: float) -> lis
     packets = batch.packets()
     tunnel = engine.tunnel
     res = []
+    took = np.zeros(n, bool)         # in order: the packets the window records at the end
+    count = octets = 0
     for i, packet in enumerate(packets):
         k = at_l[i]
-        if k < 0:
+        if exact:
+            if k < 0:
+                try:
+                    res.append(engine.unprotect(packet, now))
+                except PacketDropped as drop:
+                    res.append(drop)
+                continue
             try:
-                res.append(engine.unprotect(packet, now))
+                seq = replay.check(seq_low[i])
             except PacketDropped as drop:
                 res.append(drop)
-            continue
-        try:
-            seq = replay.check(seq_low[i])
-        except PacketDropped as drop:
-            res.append(drop)
-            continue
-        if seq != est[i]:                                 # the ESN estimate moved in this batch
-            try:
-                res.append(engine.unprotect(packet, now))
-            except PacketDropped as drop:
-                res.append(drop)
-            continue
+                continue
+            if seq != est[i]:                             # the ESN estimate moved in this batch
+                try:
+                    res.append(engine.unprotect(packet, now))
+                except PacketDropped as drop:
+                    res.append(drop)
+                continue
         v = verdicts[k]
         if v == source.VERDICT_BAD_TAG:
             res.append(PacketDropped(DropReason.AUTH_FAILED, what))
@@ -481,7 +533,10 @@ def _finish_open(plan: _OpenPlan, st: OpenStaged, first: int, now: float) -> lis
         begin = in_off[k] + esp_at[k] + 16 if gmac else out_off[k]
         payload = bodies[begin:begin + body_len]
         if nh == IPPROTO_NONE:
-            replay.update(seq)
+            if exact:
+                replay.update(seq)
+            else:
+                took[i] = True
             res.append(PacketDropped(DropReason.DUMMY, "dummy packet (next header 59)"))
             continue
         version = packet[0] >> 4
@@ -493,44 +548,75 @@ def _finish_open(plan: _OpenPlan, st: OpenStaged, first: int, now: float) -> lis
         except PacketDropped as drop:
             res.append(drop)
             continue
-        replay.update(seq)
-        stats.packets += 1
-        stats.bytes += len(inner)
-        sa.note_soft_limit(now)
+        if exact:
+            replay.update(seq)
+            stats.packets += 1
+            stats.bytes += len(inner)
+            sa.note_soft_limit(now)
+        else:
+            took[i] = True
+            count += 1
+            octets += len(inner)
         res.append(inner)
+    if not exact and took.any():
+        _advance(replay, plan.seqs[took])
+        if count:
+            # _lifetime_clear: no limit is reached inside the batch, so one note at its end
+            # leaves what a note per packet would.
+            stats.packets += count
+            stats.bytes += octets
+            sa.note_soft_limit(now)
     return res
+
+
+def _open(planned: Sequence[_OpenPlan], *, now: float) -> list[list]:
+    """One esp_open launch over the planned batches (of one or more SAs of one gpu backend);
+    per plan the verdicts of `_finish_open`."""
+    gpu = planned[0].engine.aead.engine
+    launcher = gpu.launcher
+    if any(p.engine.aead.engine.launcher is not launcher for p in planned):
+        raise ValueError("one framing launch needs SAs of one gpu backend (one device SA table)")
+    results = []
+    with gpu._lock:
+        st = _stage_open(launcher.alloc, planned)
+        if st.n:
+            launcher.run_open(st, lanes=gpu.lanes)
+        first = 0
+        for plan in planned:
+            results.append(_finish_open(plan, st, first, now))
+            first += len(plan.dev)
+    return results
+
+
+def frame_unprotect(engine, packets, *, now: float) -> list | None:
+    """`EspEngine.unprotect_batch` for an SA the kernels frame (`unframable(engine)` is None), in
+    one esp_open launch: per packet the inner packet or the PacketDropped (not yet counted);
+    None, with nothing changed, for a batch with a lifetime edge inside it (the core's path
+    takes it)."""
+    batch = _as_batch(packets)
+    plan = _open_plan(engine, batch, now) if len(batch) else None
+    return None if plan is None else _open([plan], now=now)[0]
 
 
 def unprotect_engine_batches(groups: Sequence[tuple[object, object]], *, now: float) -> list[list]:
     """`EspEngine.unprotect_batch` for several SAs' batches, `(engine, packets)` each, with one
-    esp_open launch; per packet the inner packet or the PacketDropped (not yet counted)."""
+    esp_open launch; per packet the inner packet or the PacketDropped (not yet counted).  A
+    batch the device cannot frame goes through `engine.unprotect_batch`, before the launch."""
     results: list = [None] * len(groups)
-    plans, where, launcher = [], [], None
+    plans, where = [], []
     for g, (engine, packets) in enumerate(groups):
         batch = _as_batch(packets)
         plan = None
         if len(batch) and unframable(engine) is None:
             plan = _open_plan(engine, batch, now)
         if plan is None:
-            results[g] = esp_offload.unprotect_batch(engine, batch.packets(), now) if len(batch) else []
+            results[g] = engine.unprotect_batch(batch.packets(), now)
             continue
-        this = engine.aead.engine
-        if launcher is not None and this.launcher is not launcher:
-            raise ValueError("one framing launch needs SAs of one gpu backend (one device SA table)")
-        launcher = this.launcher
         plans.append(plan)
         where.append(g)
-    if not plans:
-        return results
-    gpu = plans[0].engine.aead.engine
-    with gpu._lock:
-        st = _stage_open(launcher.alloc, plans)
-        if st.n:
-            launcher.run_open(st, lanes=gpu.lanes)
-        first = 0
-        for plan, g in zip(plans, where):
-            results[g] = _finish_open(plan, st, first, now)
-            first += len(plan.dev)
+    if plans:
+        for g, out in zip(where, _open(plans, now=now)):
+            results[g] = out
     return results
 
 
@@ -553,5 +639,5 @@ def unprotect_batch(sa, packets, *, now: float) -> list:
     return unprotect_batches([(sa, packets)], now=now)[0]
 
 
-__all__ = ["OpenStaged", "SealStaged", "protect_batch", "protect_batches", "sa_params", "unframable",
-           "unprotect_batch", "unprotect_batches", "unprotect_engine_batches"]
+__all__ = ["OpenStaged", "SealStaged", "frame_protect", "frame_unprotect", "protect_batch", "protect_batches",
+           "sa_params", "unframable", "unprotect_batch", "unprotect_batches", "unprotect_engine_batches"]

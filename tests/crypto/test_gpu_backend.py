@@ -422,23 +422,33 @@ DIFF_CASES = [
                          ids=[f"gpu-{p}-{'-'.join(map(str, k.values())) or 'v4'}" for p, k in DIFF_CASES])
 def test_gpu_differential_through_sas(registry, oracle, proposal, kw):
     """Random packets: gpu protect_batch == oracle protect (counter modes are deterministic),
-    oracle unprotects them, and gpu unprotect_batch opens the oracle's; one launch per batch."""
+    oracle unprotects them, and gpu unprotect_batch opens the oracle's; one launch per batch:
+    the ESP framing kernels, or for UDP encapsulation (not framed on the device) the AEAD
+    kernel."""
     out_cfg, in_cfg = _configs(proposal, backend="gpu", **kw)
     packets = _traffic(random.Random(proposal), 90, v4_only=kw.get("mode") == "transport")
     ours = SecurityAssociation(out_cfg, registry=registry, now=0.0)
     theirs = SecurityAssociation(_rebackend(out_cfg, oracle), registry=registry, now=0.0)
     theirs.engine.ident = ours.engine.ident
+    framed = "encap" not in kw
+    assert (ours.engine._framing is ours.engine.aead) is framed
+    seal, open_ = ("esp_seal", "esp_open") if framed else ("gcm_batch", "gcm_batch")
     launcher = ours.engine.aead.engine.launcher
-    before = launcher.launch_count
+    before = dict(launcher.launches)
     wire = ours.protect_batch(packets[:50], now=0.0) + ours.protect_batch(packets[50:], now=0.0)
-    assert launcher.launch_count == before + 2
+    assert _launched(launcher, before) == {seal: 2}
     assert wire == [theirs.protect(p, now=0.0) for p in packets]
     assert ours.state() == theirs.state()
     assert SecurityAssociation(_rebackend(in_cfg, oracle), registry=registry, now=0.0).unprotect_batch(wire, now=0.0) == packets
     inbound = SecurityAssociation(in_cfg, registry=registry, now=0.0)
-    before = launcher.launch_count
+    before = dict(launcher.launches)
     assert inbound.unprotect_batch(wire, now=0.0) == packets
-    assert launcher.launch_count == before + 1
+    assert _launched(launcher, before) == {open_: 1}
+
+
+def _launched(launcher, before: dict) -> dict:
+    """The kernel launches of the CPU build since `before`, per kernel."""
+    return {k: v - before.get(k, 0) for k, v in launcher.launches.items() if v != before.get(k, 0)}
 
 
 def _forge(packet: bytes, at: int) -> bytes:
@@ -484,9 +494,9 @@ def test_gpu_drops_inside_a_batch_per_packet(registry, oracle):
             singles.append(d.reason)
     ours = SecurityAssociation(in_cfg, registry=registry, now=0.0)
     launcher = ours.engine.aead.engine.launcher
-    before = launcher.launch_count
+    before = dict(launcher.launches)
     batched = [v.reason if isinstance(v, PacketDropped) else v for v in ours.unprotect_batch(stream, now=0.0)]
-    assert launcher.launch_count == before + 1
+    assert _launched(launcher, before) == {"esp_open": 1}
     assert batched == singles
     assert ours.state() == oracle_in.state()
     reasons = {v for v in batched if isinstance(v, DropReason)}

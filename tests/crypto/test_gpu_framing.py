@@ -4,8 +4,10 @@ backend (`SecurityAssociation.protect` / `unprotect`): byte for byte on the way 
 verdict on the way in, and the SA state (sequence numbers, replay window, counters) after both,
 for every proposal the gpu backend offers, with and without ESN, tunnel mode over IPv4 and IPv6
 and transport mode, IPv4 and IPv6 inside, several SAs in one launch, and forged, truncated,
-replayed and badly padded packets of sizes up to 9000 bytes.  One launch per batch is checked
-by counting the CPU build's launches per kernel.
+replayed and badly padded packets of sizes up to 9000 bytes.  SAs on the gpu backend take the
+framing through their own `protect_batch` / `unprotect_batch` (`GpuAead` is the core's
+`FramingAead`); `framing.protect_batches` / `unprotect_batches` put several SAs into one
+launch.  One launch per batch is checked by counting the CPU build's launches per kernel.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pytest
 np = pytest.importorskip("numpy", reason="the gpu backend stages batches with numpy")
 
 from ipsec_core.cli.backends import algorithms_of  # noqa: E402
-from ipsec_core.crypto.base import BatchAead  # noqa: E402
+from ipsec_core.crypto.base import BatchAead, FramingAead  # noqa: E402
 from ipsec_core.crypto.registry import Registry  # noqa: E402
 from ipsec_core.dataplane.batch import PacketBatch  # noqa: E402
 from ipsec_core.dataplane.sa import DfBit, Direction, Lifetime, Mode, SaConfig, SecurityAssociation  # noqa: E402
@@ -137,14 +139,15 @@ def test_gpu_framing_matches_one_by_one(registry, oracle, launcher, proposal, mo
     rng = random.Random(f"{proposal}{mode}{outer[0]}")
     ours, theirs, inbound, reference = _pair(registry, oracle, proposal, mode=mode, outer=outer)
     packets = _traffic(rng, 24)
+    assert ours.engine._framing is ours.engine.aead and inbound.engine._framing is inbound.engine.aead
     before = _launches(launcher)
-    wire = framing.protect_batch(ours, packets, now=0.0)
+    wire = ours.protect_batch(packets, now=0.0)
     assert _delta(before, _launches(launcher)) == {"esp_seal": 1}
     assert wire == [theirs.protect(p, now=0.0) for p in packets]
     assert ours.state() == theirs.state() and ours.engine.ident == theirs.engine.ident
     wire.insert(5, wire[3])                                           # a replay inside the batch
     before = _launches(launcher)
-    opened = framing.unprotect_batch(inbound, wire, now=0.0)
+    opened = inbound.unprotect_batch(wire, now=0.0)
     assert _delta(before, _launches(launcher)) == {"esp_open": 1}
     assert _reasons(opened) == _one_by_one(reference, wire)
     assert opened[5].reason is DropReason.REPLAY and inbound.state() == reference.state()
@@ -154,7 +157,7 @@ def test_gpu_framing_matches_one_by_one(registry, oracle, launcher, proposal, mo
 def test_gpu_framing_outer_header_policy(registry, oracle, launcher, df_bit):
     ours, theirs, _, _ = _pair(registry, oracle, "aes128gcm16", df_bit=df_bit, outer_ttl=17)
     packets = _traffic(random.Random(3), 12)
-    assert framing.protect_batch(ours, packets, now=0.0) == [theirs.protect(p, now=0.0) for p in packets]
+    assert ours.protect_batch(packets, now=0.0) == [theirs.protect(p, now=0.0) for p in packets]
 
 
 def test_gpu_framing_mixed_sas_in_one_launch(registry, oracle, launcher):
@@ -202,7 +205,7 @@ def test_gpu_framing_forged_truncated_and_replayed_at_every_size(registry, oracl
     rng = random.Random(proposal)
     ours, theirs, inbound, reference = _pair(registry, oracle, proposal, window=128)
     packets = [_packet(rng, size, v6=rng.random() < 0.3, i=i) for i, size in enumerate(SIZES)]
-    wire = framing.protect_batch(ours, packets, now=0.0)
+    wire = ours.protect_batch(packets, now=0.0)
     assert wire == [theirs.protect(p, now=0.0) for p in packets]
     assert max(map(len, wire)) <= 9000 and min(map(len, wire)) < 100
     stream = []
@@ -227,7 +230,7 @@ def test_gpu_framing_forged_truncated_and_replayed_at_every_size(registry, oracl
         stream.append(w)
     expect = _one_by_one(reference, stream)
     before = _launches(launcher)
-    got = _reasons(framing.unprotect_batch(inbound, stream, now=0.0))
+    got = _reasons(inbound.unprotect_batch(stream, now=0.0))
     assert _delta(before, _launches(launcher)) == {"esp_open": 1}
     assert got == expect
     assert inbound.state() == reference.state()
@@ -262,7 +265,9 @@ def test_gpu_framing_padding_trailer_and_dummy_verdicts(registry, oracle, launch
         inner + bytes(range(1, 256)) + bytes((255, 4)),  # 255 bytes of padding: valid
     ]
     wire = [_craft(theirs, pt, seq) for seq, pt in enumerate(cases, start=1)]
-    got = _reasons(framing.unprotect_batch(inbound, wire, now=0.0))
+    before = _launches(launcher)
+    got = _reasons(inbound.unprotect_batch(wire, now=0.0))
+    assert _delta(before, _launches(launcher)) == {"esp_open": 1}
     assert got == _one_by_one(reference, wire)
     assert {DropReason.BAD_PADDING, DropReason.BAD_NEXT_HEADER, DropReason.DUMMY} <= set(got)
     assert inbound.state() == reference.state()
@@ -274,20 +279,21 @@ def test_gpu_framing_esn_estimate_moving_inside_a_batch(registry, oracle, launch
     ours, theirs, inbound, reference = _pair(registry, oracle, "aes128gcm16-esn", window=32)
     ours.seq = theirs.seq = (1 << 32) - 40
     packets = _traffic(random.Random(4), 80, max_size=200)
-    wire = framing.protect_batch(ours, packets, now=0.0)
+    wire = ours.protect_batch(packets, now=0.0)
     assert wire == [theirs.protect(p, now=0.0) for p in packets]
     early, late = wire[:20], wire[20:]
     shuffled = late[:30] + early[10:20] + late[30:]                  # old ones after the wrap
     for sa in (inbound, reference):
         sa.replay.top = (1 << 32) - 45
-    got = _reasons(framing.unprotect_batch(inbound, shuffled, now=0.0))
+    got = _reasons(inbound.unprotect_batch(shuffled, now=0.0))
     assert got == _one_by_one(reference, shuffled) and inbound.state() == reference.state()
 
 
 def test_gpu_framing_batches_at_an_edge_go_the_exact_way(registry, oracle, launcher):
     """A hard lifetime reached inside the batch, a sequence number space that runs out, and a
     transport-mode fragment: the batch leaves the device framing and ends exactly as one by one
-    (the same packets, the same error with the packets before it)."""
+    (the same packets, the same error with the packets before it), through the SAs' own
+    protect_batch: framing declines the batch and the AEAD kernel seals what one by one would."""
     rng = random.Random(6)
     packets = _traffic(rng, 10)
     for changes, setup in ((dict(hard=Lifetime(packets=6)), None),
@@ -301,8 +307,8 @@ def test_gpu_framing_batches_at_an_edge_go_the_exact_way(registry, oracle, launc
             setup(theirs)
         before = _launches(launcher)
         with pytest.raises(Exception) as mine:
-            framing.protect_batch(ours, packets, now=0.0)
-        assert "esp_seal" not in _delta(before, _launches(launcher))
+            ours.protect_batch(packets, now=0.0)
+        assert _delta(before, _launches(launcher)) == {"gcm_batch": 1}
         with pytest.raises(Exception) as ref:
             theirs.protect_batch(packets, now=0.0)
         assert type(mine.value) is type(ref.value) and mine.value.partial == ref.value.partial
@@ -313,7 +319,7 @@ def test_gpu_framing_batches_at_an_edge_go_the_exact_way(registry, oracle, launc
     frag[6] |= 0x20                                                   # more fragments
     fix_ipv4_header(frag)
     with pytest.raises(Exception) as mine:
-        framing.protect_batch(ours, v4[:2] + [bytes(frag)], now=0.0)
+        ours.protect_batch(v4[:2] + [bytes(frag)], now=0.0)
     with pytest.raises(Exception) as ref:
         theirs.protect_batch(v4[:2] + [bytes(frag)], now=0.0)
     assert type(mine.value) is type(ref.value) and mine.value.partial == ref.value.partial
@@ -359,14 +365,80 @@ def test_gpu_aead_is_a_batch_aead_of_the_core(registry, oracle):
 
 def test_gpu_framing_inbound_at_a_lifetime_edge_goes_the_exact_way(registry, oracle, launcher):
     ours, theirs, _, _ = _pair(registry, oracle, "aes256gcm16")
-    wire = framing.protect_batch(ours, _traffic(random.Random(10), 12), now=0.0)
+    wire = ours.protect_batch(_traffic(random.Random(10), 12), now=0.0)
     _, in_cfg = _configs("aes256gcm16", backend="gpu")
     in_cfg = _rebackend(in_cfg, "gpu", enc_key=ours.config.enc_key, soft=Lifetime(packets=5),
                         hard=Lifetime(packets=9))
     inbound = SecurityAssociation(in_cfg, registry=registry, now=0.0)
     reference = SecurityAssociation(_rebackend(in_cfg, oracle), registry=registry, now=0.0)
     before = _launches(launcher)
-    got = _reasons(framing.unprotect_batch(inbound, wire, now=0.0))
-    assert "esp_open" not in _delta(before, _launches(launcher))
+    got = _reasons(inbound.unprotect_batch(wire, now=0.0))
+    assert _delta(before, _launches(launcher)) == {"gcm_batch": 1}
     assert got == _one_by_one(reference, wire) and inbound.state() == reference.state()
     assert got[-1] is DropReason.SA_EXPIRED and inbound.soft_expired
+
+
+def test_gpu_framing_is_chosen_once_at_sa_install(registry, oracle, launcher):
+    """The engine takes `GpuAead` as its `FramingAead` when the kernels frame the SA, and keeps
+    the core's batch path (the AEAD kernel, one launch per batch) when they cannot: UDP
+    encapsulation, TFC padding; a software backend is no `FramingAead`; a wiped SA drops it."""
+    ours, theirs, inbound, _ = _pair(registry, oracle, "aes128gcm16")
+    assert isinstance(ours.engine.aead, FramingAead) and not isinstance(theirs.engine.aead, FramingAead)
+    assert ours.engine._framing is ours.engine.aead and theirs.engine._framing is None
+    packets = _traffic(random.Random(12), 8)
+    for changes, why in ((dict(encap_ports=(4500, 4500)), "UDP encapsulation"), (dict(tfc_padding=300), "TFC")):
+        out_cfg, _ = _configs("aes128gcm16", backend="gpu", **changes)
+        sa = SecurityAssociation(out_cfg, registry=registry, now=0.0)
+        ref = SecurityAssociation(_rebackend(out_cfg, oracle), registry=registry, now=0.0)
+        ref.engine.ident = sa.engine.ident
+        assert sa.engine._framing is None and why in sa.engine.aead.framing_refusal(sa.engine)
+        before = _launches(launcher)
+        assert sa.protect_batch(packets, now=0.0) == [ref.protect(p, now=0.0) for p in packets]
+        assert _delta(before, _launches(launcher)) == {"gcm_batch": 1}
+    inbound.wipe()
+    assert inbound.engine._framing is None
+
+
+@pytest.mark.parametrize("proposal,window,start", [
+    ("aes128gcm16", 0, 0), ("aes128gcm16", 32, 0), ("aes256gmac", 1024, 0),
+    ("aes128gcm16-esn", 64, (1 << 32) - 30), ("aes256gmac-esn", 32, (1 << 33) - 5)],
+    ids=["gpu-w0", "gpu-w32", "gpu-gmac-w1024", "gpu-esn-w64-wrap", "gpu-gmac-esn-w32-wrap"])
+def test_gpu_framing_in_order_batches_move_the_window_in_one_step(registry, oracle, launcher, monkeypatch,
+                                                                  proposal, window, start):
+    """Batches whose sequence numbers rise and start right of the window (with gaps wider than
+    the window, forged ICVs, dummies, an ESN high half that changes inside the batch) update the
+    window in one step at the end; a batch that opens with the window's top again, or has a
+    number left of its predecessor, goes packet by packet.  Verdicts and SA state as one by one, one launch per batch."""
+    rng = random.Random(f"{proposal}{window}")
+    ours, theirs, inbound, reference = _pair(registry, oracle, proposal, window=window)
+    for sa in (ours, theirs):
+        sa.seq = start
+    for sa in (inbound, reference):
+        sa.replay.top = max(start - 3, 0)
+    wire = [theirs.protect(p, now=0.0) if i % 11 != 5 else theirs.dummy(40, now=0.0)
+            for i, p in enumerate(_traffic(rng, 300, max_size=300))]
+    in_order = [w for i, w in enumerate(wire) if not 40 <= i < 40 + window + 7 and rng.random() < 0.8]
+    forged = [rng.random() < 0.1 for _ in in_order]
+    replayed = next(w for w, f in zip(in_order[-11::-1], forged[-11::-1]) if not f)
+    newest = next(w for w, f in zip(in_order[-15::-1], forged[-15::-1]) if not f)    # the window's top
+    j = forged[-14:-10].index(False)
+    twice = in_order[-14:-13 + j] + in_order[-14 + j:-10]
+    in_order = [_forge(w, len(w) - 1) if f else w for w, f in zip(in_order, forged)]
+    steps = []
+    real = framing._advance
+    monkeypatch.setattr(framing, "_advance", lambda replay, seqs: (steps.append(len(seqs)), real(replay, seqs)))
+    cut = len(in_order) // 2
+    seen = set()
+    for part, one_step in ((in_order[:cut], True), (in_order[cut:-14], True),
+                           ([newest], False),                                    # the window's top again
+                           (twice, False),                                       # one number twice
+                           (in_order[-1:-11:-1] + [replayed], False)):       # reversed, then a replay
+        steps.clear()
+        expect = _one_by_one(reference, part)
+        before = _launches(launcher)
+        got = _reasons(inbound.unprotect_batch(part, now=0.0))
+        assert _delta(before, _launches(launcher)) == {"esp_open": 1}
+        assert got == expect and inbound.state() == reference.state()
+        assert bool(steps) is one_step
+        seen |= {v for v in got if isinstance(v, DropReason)}
+    assert {DropReason.AUTH_FAILED, DropReason.DUMMY} <= seen and (DropReason.REPLAY in seen) is (window > 0)

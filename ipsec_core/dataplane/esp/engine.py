@@ -15,7 +15,7 @@ import os
 import secrets
 import struct
 
-from ipsec_core.crypto.base import BatchAead, BatchEncryptThenMac
+from ipsec_core.crypto.base import BatchAead, BatchEncryptThenMac, FramingAead
 from ipsec_core.dataplane.esp import offload as esp_offload
 from ipsec_core.errors import AuthenticationError, DropReason, LocalError, PacketDropped
 from ipsec_core.wire.ip import (IPPROTO_ESP, IPPROTO_FRAGMENT, IPPROTO_IPIP, IPPROTO_IPV6,
@@ -115,6 +115,11 @@ class EspEngine:
             self._fast_unprotect = bulk_unprotect
         # A backend that seals many packets per call (the GPU) gets whole batches.
         self._offload = self.aead is not None and hasattr(self.aead, "encrypt_batch")
+        # A backend that frames whole ESP packets itself gets each batch first; a batch it
+        # declines (None) takes the path above.
+        self._framing = None
+        if isinstance(self.aead, FramingAead) and self.aead.framing_refusal(self) is None:
+            self._framing = self.aead
 
     # ------------------------------------------------------------------------------------
     # outbound
@@ -405,6 +410,10 @@ class EspEngine:
     # batches
     # ------------------------------------------------------------------------------------
     def protect_batch(self, packets: list[bytes], now: float) -> list[bytes]:
+        if self._framing is not None:
+            out = self._framing.frame_protect(self, packets, now=now)
+            if out is not None:
+                return out
         if self._offload:
             return esp_offload.protect_batch(self, packets, now)
         if self._fast_protect is not None:
@@ -412,6 +421,10 @@ class EspEngine:
         return self.protect_batch_generic(packets, now)
 
     def unprotect_batch(self, packets: list[bytes], now: float) -> list:
+        if self._framing is not None:
+            out = self._framing.frame_unprotect(self, packets, now=now)
+            if out is not None:
+                return out
         if self._offload:
             return esp_offload.unprotect_batch(self, packets, now)
         if self._fast_unprotect is not None:
@@ -433,6 +446,7 @@ class EspEngine:
         self.salt = b""
         self._fast_protect = self._fast_unprotect = None
         self._offload = False
+        self._framing = None
 
 
 def _fill_udp6_checksum(packet: bytes, udp_at: int) -> bytes:
