@@ -60,43 +60,53 @@ def scapy_rates(size: int, count: int, repeats: int) -> dict:
 IMIX = [64] * 7 + [576] * 4 + [1400]       # the classic simple IMIX, 7:4:1
 
 
-def imix_rates(count: int, repeats: int, batch: int = 256) -> dict:
-    """aes128gcm16 (aesni) on batches of mixed sizes (IMIX, shuffled): the vectorised path with
-    per-packet trailers and cuts, against the bare call looping over the same payload sizes."""
+def imix_rates(count: int, repeats: int, batch: int = 256, *, proposal: str = "aes128gcm16",
+               backend: str = "aesni") -> dict:
+    """`proposal` on `backend` on batches of mixed sizes (IMIX, shuffled), against the backend's
+    bare call and cryptography's bare AES-128-GCM call looping over the same payload sizes."""
     import random
 
-    from ipsec_core.tools.perf import bare_call, sa_pair
+    from ipsec_core.tools.perf import aesgcm_call, bare_call, sa_pair
 
-    out_sa, new_inbound = sa_pair("aes128gcm16", backend="aesni")
+    out_sa, new_inbound = sa_pair(proposal, backend=backend)
     rng = random.Random(7)
     sizes = [IMIX[i % len(IMIX)] for i in range(batch)]
     rng.shuffle(sizes)
     packets = [make_packets(s, 1)[0] for s in sizes]
     rounds = max(1, count // batch)
     calls = {(s, d): bare_call(out_sa, s, d) for s in set(IMIX) for d in ("protect", "unprotect")}
-    row = {"proposal": "aes128gcm16", "backend": "aesni", "batch": batch, "mix": "64:576:1400 = 7:4:1"}
+    gcms = {(s, d): aesgcm_call(s, d) for s in set(IMIX) for d in ("protect", "unprotect")}
+    row = {"proposal": proposal, "backend": backend, "batch": batch, "mix": "64:576:1400 = 7:4:1"}
     for direction in ("protect", "unprotect"):
         runs = []
-        work = [(calls[(s, direction)][0], *calls[(s, direction)][1]) for s in sizes]
+        work = [(calls[(s, direction)][0], calls[(s, direction)][1]) for s in sizes]
+        gcm_work = [(gcms[(s, direction)][0], *gcms[(s, direction)][1]) for s in sizes]
         for _ in range(repeats):
-            elapsed = bare_elapsed = 0.0
+            elapsed = bare_elapsed = gcm_elapsed = 0.0
             inbound = new_inbound()
             for _ in range(rounds):         # bare and ESP alternate batch by batch
                 wire = out_sa.protect_batch(packets, now=time.monotonic()) if direction == "unprotect" else None
                 start = time.perf_counter()
-                for fn, a, b, c in work:
-                    fn(a, b, c)
+                for fn, args in work:
+                    fn(*args)
                 bare_elapsed += time.perf_counter() - start
+                start = time.perf_counter()
+                for fn, a, b, c in gcm_work:
+                    fn(a, b, c)
+                gcm_elapsed += time.perf_counter() - start
                 start = time.perf_counter()
                 if direction == "protect":
                     out_sa.protect_batch(packets, now=time.monotonic())
                 else:
                     inbound.unprotect_batch(wire, now=time.monotonic())
                 elapsed += time.perf_counter() - start
-            runs.append((bare_elapsed / elapsed, rounds * batch / elapsed, rounds * batch / bare_elapsed))
-        ratio, pps, bare = sorted(runs)[len(runs) // 2]
+            runs.append((bare_elapsed / elapsed, rounds * batch / elapsed, rounds * batch / bare_elapsed,
+                         rounds * batch / gcm_elapsed))
+        ratio, pps, bare, gcm = sorted(runs)[len(runs) // 2]
         row[f"{direction}_pps"], row[f"{direction}_bare_pps"] = round(pps, 1), round(bare, 1)
         row[f"{direction}_ratio"] = round(ratio, 4)
+        row[f"{direction}_aesgcm_pps"] = round(gcm, 1)
+        row[f"{direction}_vs_aesgcm"] = round(pps / gcm, 4)
     return row
 
 
@@ -106,6 +116,10 @@ def main() -> int:
     ap.add_argument("--out", default="perf/results/cpu.json")
     ap.add_argument("--plot", default="perf/results/cpu.png")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--backends", default="aesni,cryptodome,reference",
+                    help="comma-separated (ipsecmb too: then IMIX runs for every proposal on "
+                         "ipsecmb and aesni); unavailable ones are skipped with a line saying so")
+    ap.add_argument("--no-scapy", action="store_true", help="skip scapy's rows")
     ap.add_argument("--no-tune-allocator", action="store_true",
                     help="leave glibc's malloc at its defaults (see ipsec_core.vpn.tuning)")
     args = ap.parse_args()
@@ -114,20 +128,41 @@ def main() -> int:
         tune_allocator()
     count = 4000 if args.quick else 40000
     records = []
-    for backend, n in (("aesni", count), ("cryptodome", count // 10), ("reference", 64)):
+    from ipsec_core.crypto.registry import get_registry
+
+    registry = get_registry()
+    counts = {"ipsecmb": count, "aesni": count, "cryptodome": count // 10, "reference": 64}
+    chosen = []
+    for backend in args.backends.split(","):
+        record = registry.get(backend)
+        if not record.available:
+            print(f"{backend}: unavailable ({record.reason}), skipped", flush=True)
+            continue
+        chosen.append(backend)
+    load_before = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    for backend in chosen:
+        n = counts.get(backend, count // 10)
         for proposal in PROPOSALS:
             for size in SIZES:
                 rs = measure(backend=backend, proposal=proposal, size=size, count=n,
-                             batch=min(256, n), repeats=args.repeats if backend == "aesni" else 3)
+                             batch=min(256, n),
+                             repeats=args.repeats if backend in ("aesni", "ipsecmb") else 3)
                 for r in rs:
                     print(f"{r.backend:10} {r.proposal:17} {r.size:5} {r.direction:9} "
                           f"{r.pps:12,.0f} pps {r.gbps:7.3f} Gbit/s  bare {r.bare_pps:12,.0f}  "
-                          f"ratio {r.ratio:.2f}", flush=True)
+                          f"ratio {r.ratio:.2f}  AESGCM {r.aesgcm_pps:12,.0f}  "
+                          f"x{r.vs_aesgcm:.2f}  [{r.batch_path}]", flush=True)
                 records += [r.as_dict() for r in rs]
-    imix = imix_rates(4096 if args.quick else 40960, args.repeats)
-    print("imix", imix, flush=True)
+    imix = []
+    imix_combos = ([(b, p) for b in chosen if b in ("ipsecmb", "aesni") for p in PROPOSALS]
+                   if "ipsecmb" in chosen else [("aesni", "aes128gcm16")])
+    for backend, proposal in imix_combos:
+        row = imix_rates(4096 if args.quick else 40960, args.repeats, proposal=proposal,
+                         backend=backend)
+        print("imix", row, flush=True)
+        imix.append(row)
     scapy = []
-    for size in (64, 1400):
+    for size in (() if args.no_scapy else (64, 1400)):
         row = scapy_rates(size, 500 if args.quick else 2000, 3)
         print("scapy", row, flush=True)
         scapy.append(row)
@@ -136,8 +171,11 @@ def main() -> int:
                    + (" --no-tune-allocator" if args.no_tune_allocator else ""),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpus": os.cpu_count()},
+        "loadavg_before": load_before,
+        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3] if load_before else [],
         "records": records,
-        "imix": imix,
+        "imix": imix[0] if imix else {},
+        "imix_rows": imix,
         "scapy": scapy,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,8 @@ class PerfRecord:
     allocator: str       # ipsec_core.vpn.tuning.allocator_state() during the run
     vectorised: bool     # whether the numpy batch path (ipsec_core.dataplane.esp.vec) was available
     batch_path: str = ""  # the batch path that ran: bulk (one buffer), vec, fast, offload or loop
+    aesgcm_pps: float = 0.0   # cryptography's bare AESGCM call (AES-128, same payload), same run
+    vs_aesgcm: float = 0.0    # pps / aesgcm_pps: the issue's yardstick
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -142,6 +144,19 @@ def bare_call(sa: SecurityAssociation, size: int, direction: str) -> tuple[Calla
     return (lambda: (mac(aad + iv + ct), cipher.decrypt(start, ct))), ()
 
 
+def aesgcm_call(size: int, direction: str) -> tuple[Callable, tuple]:
+    """cryptography's bare AES-128-GCM call on the ESP payload of a `size`-byte packet: the
+    yardstick every backend's ESP rate is also compared with."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(os.urandom(16))
+    pt = os.urandom(size + 2 + (-(size + 2) % 4))
+    nonce, aad = os.urandom(12), os.urandom(8)
+    if direction == "protect":
+        return aead.encrypt, (nonce, pt, aad)
+    return aead.decrypt, (nonce, aead.encrypt(nonce, pt, aad), aad)
+
+
 def batch_path(sa: SecurityAssociation, direction: str) -> str:
     """Which batch path `protect_batch` / `unprotect_batch` of `sa` takes (for the record)."""
     eng = sa.engine
@@ -188,15 +203,17 @@ def measure(*, backend: str | None, proposal: str, size: int, count: int, batch:
     records = []
     for direction in directions:
         bare = bare_call(out_sa, size, direction)
-        runs = []                  # (ratio, pps, bare_pps) per repeat
+        gcm = aesgcm_call(size, direction)
+        runs = []                  # (ratio, pps, bare_pps, aesgcm_pps) per repeat
         for _ in range(repeats):
-            # The bare call and the ESP path alternate batch by batch, so both see the same
+            # The bare calls and the ESP path alternate batch by batch, so all see the same
             # machine: on a shared VM the CPU's speed moves by 2-3x within seconds.
-            elapsed = bare_elapsed = 0.0
+            elapsed = bare_elapsed = gcm_elapsed = 0.0
             if direction == "protect":
                 fn = out_sa.protect_batch
                 for _ in range(rounds):
                     bare_elapsed += _bare_seconds(bare, batch)
+                    gcm_elapsed += _bare_seconds(gcm, batch)
                     start = time.perf_counter()
                     fn(packets, now=time.monotonic())     # a driver reads the clock per batch
                     elapsed += time.perf_counter() - start
@@ -205,14 +222,16 @@ def measure(*, backend: str | None, proposal: str, size: int, count: int, batch:
                 for _ in range(rounds):
                     wire = out_sa.protect_batch(packets, now=time.monotonic())
                     bare_elapsed += _bare_seconds(bare, batch)
+                    gcm_elapsed += _bare_seconds(gcm, batch)
                     start = time.perf_counter()
                     fn(wire, now=time.monotonic())
                     elapsed += time.perf_counter() - start
-            runs.append((bare_elapsed / elapsed, count / elapsed, count / bare_elapsed))
+            runs.append((bare_elapsed / elapsed, count / elapsed, count / bare_elapsed,
+                         count / gcm_elapsed))
             if tick:
                 tick()
         # The median run by ratio, and its rates (so ratio == pps / bare_pps).
-        _, pps, bare_pps = sorted(runs)[len(runs) // 2]
+        _, pps, bare_pps, gcm_pps = sorted(runs)[len(runs) // 2]
         records.append(PerfRecord(
             backend=backend or out_sa.engine.backend_names, proposal=out_sa.config.proposal.keyword,
             size=size, direction=direction, mode=mode, batch=batch, count=count, pps=round(pps, 1),
@@ -220,5 +239,6 @@ def measure(*, backend: str | None, proposal: str, size: int, count: int, batch:
             ratio=round(pps / bare_pps, 4), overhead_bytes=overhead, repeats=repeats,
             backend_names=out_sa.engine.backend_names, allocator=allocator_state(),
             vectorised=esp_vec.available(), batch_path=batch_path(out_sa if direction == "protect"
-                                                             else new_inbound(), direction)))
+                                                             else new_inbound(), direction),
+            aesgcm_pps=round(gcm_pps, 1), vs_aesgcm=round(pps / gcm_pps, 4)))
     return records

@@ -481,6 +481,389 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* ESP framing over a list of packets (the batch path's common case)                         */
+/*
+ * The core computes every header field and hands over rows of ready header bytes, the next
+ * header byte of each packet, nonces / IVs and AADs; here the rows, the packets, the trailer
+ * (RFC 4303 2.4 padding 1, 2, 3, ... to `block`, pad length, next header) and the ICV go into
+ * one new bytes object per packet, sealed in place: no Python object per packet other than the
+ * result, and no copy of a packet other than into its result.  Opening decrypts every packet
+ * into one new bytes object (plaintexts back to back) that the core checks and cuts.
+ */
+
+typedef struct {
+    Py_ssize_t n;
+    Py_buffer *views;       /* one per packet, held (so the bytes cannot change) until release */
+} packet_views;
+
+static void
+release_views(packet_views *pv)
+{
+    if (pv->views != NULL) {
+        for (Py_ssize_t i = 0; i < pv->n; i++)
+            if (pv->views[i].obj != NULL)
+                PyBuffer_Release(&pv->views[i]);
+        PyMem_Free(pv->views);
+    }
+    pv->views = NULL;
+    pv->n = 0;
+}
+
+/* A list of bytes-like objects, each held through the buffer protocol. */
+static int
+get_views(PyObject *list, packet_views *pv)
+{
+    pv->n = 0;
+    pv->views = NULL;
+    if (!PyList_Check(list)) {
+        PyErr_Format(PyExc_TypeError, "packets must be a list of bytes, not %.80s",
+                     Py_TYPE(list)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n > MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, n);
+        return -1;
+    }
+    pv->views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    if (pv->views == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(list, i), &pv->views[i], PyBUF_SIMPLE) < 0) {
+            pv->n = i;
+            release_views(pv);
+            return -1;
+        }
+        pv->n = i + 1;
+    }
+    return 0;
+}
+
+/* peek(packets, k) -> (lengths, heads): every packet's length (n int64, native order) and its
+ * first k bytes (n x k, zero-filled past a short packet's end). */
+static PyObject *
+mod_peek(PyObject *m, PyObject *args)
+{
+    PyObject *list;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "O!n:peek", &PyList_Type, &list, &k))
+        return NULL;
+    if (k < 0 || k > 4096) {
+        PyErr_Format(PyExc_ValueError, "peek takes 0..4096 bytes of each packet, not %zd", k);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n > MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, n);
+        return NULL;
+    }
+    PyObject *lens = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *heads = PyBytes_FromStringAndSize(NULL, n * k);
+    if (lens == NULL || heads == NULL)
+        goto fail;
+    int64_t *l = (int64_t *)PyBytes_AS_STRING(lens);
+    uint8_t *h = (uint8_t *)PyBytes_AS_STRING(heads);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(list, i);
+        const char *data;
+        Py_ssize_t len;
+        Py_buffer view = {0};
+        if (PyBytes_CheckExact(p)) {
+            data = PyBytes_AS_STRING(p);
+            len = PyBytes_GET_SIZE(p);
+        } else {
+            if (PyObject_GetBuffer(p, &view, PyBUF_SIMPLE) < 0)
+                goto fail;
+            data = view.buf;
+            len = view.len;
+        }
+        l[i] = (int64_t)len;
+        Py_ssize_t c = len < k ? len : k;
+        memcpy(h + k * i, data, (size_t)c);
+        memset(h + k * i + c, 0, (size_t)(k - c));
+        if (view.obj != NULL)
+            PyBuffer_Release(&view);
+    }
+    PyObject *r = PyTuple_Pack(2, lens, heads);
+    Py_DECREF(lens);
+    Py_DECREF(heads);
+    return r;
+fail:
+    Py_XDECREF(lens);
+    Py_XDECREF(heads);
+    return NULL;
+}
+
+/* cut(buf, offsets, lengths) -> [bytes(buf[o:o + l]) ...], every region checked. */
+static PyObject *
+mod_cut(PyObject *m, PyObject *args)
+{
+    PyObject *bo, *oo, *lo;
+    Py_buffer buf = {0}, offs = {0}, lens = {0};
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "OOO:cut", &bo, &oo, &lo))
+        return NULL;
+    Py_ssize_t n = -1;
+    if (PyObject_GetBuffer(bo, &buf, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (get_i64(oo, &offs, &n, "offsets") < 0)
+        goto done;
+    if (get_i64(lo, &lens, &n, "lengths") < 0)
+        goto done;
+    if (check_regions(offs.buf, lens.buf, n, buf.len, 0, 0, 0, INT64_MAX / 4, "region") < 0)
+        goto done;
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    const int64_t *o = offs.buf, *l = lens.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)buf.buf + o[i], (Py_ssize_t)l[i]);
+        if (b == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, b);
+    }
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&lens);
+    return out;
+}
+
+/* The results of esp_seal: n bytes objects of head + payload + trailer + icv bytes, with the
+ * header rows, the packets and the trailers written; *pt points at each one's ESP payload. */
+static PyObject *
+frame(const packet_views *pv, const uint8_t *heads, Py_ssize_t head_len, const uint8_t *nhs,
+      int block, int icv, uint8_t **at, int64_t *plen)
+{
+    static const uint8_t pad_bytes[256] = {
+        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+        25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46,
+        47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68,
+        69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90,
+        91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109,
+        110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126,
+        127, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 140, 141, 142, 143,
+        144, 145, 146, 147, 148, 149, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160,
+        161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171, 172, 173, 174, 175, 176, 177,
+        178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194,
+        195, 196, 197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211,
+        212, 213, 214, 215, 216, 217, 218, 219, 220, 221, 222, 223, 224, 225, 226, 227, 228,
+        229, 230, 231, 232, 233, 234, 235, 236, 237, 238, 239, 240, 241, 242, 243, 244, 245,
+        246, 247, 248, 249, 250, 251, 252, 253, 254, 255, 0};
+    Py_ssize_t n = pv->n;
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t len = pv->views[i].len;
+        int64_t pad = (int64_t)((block - (len + 2) % block) % block);
+        int64_t total = head_len + len + pad + 2 + icv;
+        if (total > 0xFFFFF) {
+            PyErr_Format(PyExc_ValueError, "packet %zd: %lld bytes is too long for ESP", i,
+                         (long long)len);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+        if (b == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, b);
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(b);
+        memcpy(o, heads + head_len * i, (size_t)head_len);
+        memcpy(o + head_len, pv->views[i].buf, (size_t)len);
+        memcpy(o + head_len + len, pad_bytes, (size_t)pad);
+        o[head_len + len + pad] = (uint8_t)pad;
+        o[head_len + len + pad + 1] = nhs[i];
+        at[i] = o;
+        plen[i] = len + pad + 2;
+    }
+    return out;
+}
+
+/* The arguments both esp_seal calls share. */
+typedef struct {
+    packet_views pv;
+    Py_buffer heads, nhs, rows, aads;
+    Py_ssize_t head_len;
+    uint8_t **at;
+    int64_t *plen;
+} seal_args;
+
+static void
+seal_args_release(seal_args *a)
+{
+    release_views(&a->pv);
+    PyBuffer_Release(&a->heads);
+    PyBuffer_Release(&a->nhs);
+    PyBuffer_Release(&a->rows);
+    PyBuffer_Release(&a->aads);
+    PyMem_Free(a->at);
+    PyMem_Free(a->plen);
+    a->at = NULL;
+    a->plen = NULL;
+}
+
+/* (packets, heads, head_len, nhs, block, rows, aads): rows are nonces (width row_w) or IVs;
+ * aads are n x w bytes (w > 0 derived), or None when aad_optional. */
+static int
+seal_args_get(PyObject *args, seal_args *a, int *block, Py_ssize_t row_w, int aad_optional,
+              const char *fmt)
+{
+    PyObject *po, *ho, *no, *ro, *ao;
+    memset(a, 0, sizeof *a);
+    if (!PyArg_ParseTuple(args, fmt, &po, &ho, &a->head_len, &no, block, &ro, &ao))
+        return -1;
+    if (*block < 1 || *block > 255) {
+        PyErr_Format(PyExc_ValueError, "block must be 1..255 bytes, not %d", *block);
+        return -1;
+    }
+    if (a->head_len < 0 || a->head_len > 1024) {
+        PyErr_Format(PyExc_ValueError, "head_len must be 0..1024 bytes, not %zd", a->head_len);
+        return -1;
+    }
+    if (get_views(po, &a->pv) < 0)
+        return -1;
+    Py_ssize_t n = a->pv.n, one = 1, aw = -1;
+    if (get_rows(ho, &a->heads, n, &a->head_len, "heads") < 0)
+        return -1;
+    if (get_rows(no, &a->nhs, n, &one, "nhs") < 0)
+        return -1;
+    if (get_rows(ro, &a->rows, n, &row_w, "nonces/ivs") < 0)
+        return -1;
+    if (ao == Py_None && aad_optional) {
+        ;
+    } else if (get_rows(ao, &a->aads, n, &aw, "aads/his") < 0) {
+        return -1;
+    }
+    a->at = PyMem_Malloc(n ? (size_t)n * sizeof(uint8_t *) : 1);
+    a->plen = PyMem_Malloc(n ? (size_t)n * sizeof(int64_t) : 1);
+    if (a->at == NULL || a->plen == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* Aead.esp_seal(packets, heads, head_len, nhs, block, nonces, aads) -> [bytes]:
+ * result i = heads row i || seal(packet i || padding || pad length || nhs[i]) || tag. */
+static PyObject *
+aead_esp_seal(AeadObject *self, PyObject *args)
+{
+    seal_args a;
+    int block;
+    PyObject *out = NULL;
+    if (self->key == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Aead not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    if (seal_args_get(args, &a, &block, 12, 0, "OOnOiOO:esp_seal") < 0)
+        goto done;
+    Py_ssize_t n = a.pv.n, aw = n ? a.aads.len / n : 0;
+    out = frame(&a.pv, a.heads.buf, a.head_len, a.nhs.buf, block, self->tag_bytes, a.at, a.plen);
+    if (out == NULL)
+        goto done;
+    const uint8_t *nb = a.rows.buf, *ab = a.aads.buf;
+    Py_ssize_t hl = a.head_len;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t tag[32];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *m = a.at[i] + hl;
+        aead_one(mgr, self, 1, nb + 12 * i, m, m, (uint64_t)a.plen[i], ab + aw * i,
+                 (uint64_t)aw, tag);
+        memcpy(m + a.plen[i], tag, (size_t)self->tag_bytes);
+    }
+    Py_END_ALLOW_THREADS
+done:
+    seal_args_release(&a);
+    return out;
+}
+
+/* Aead.esp_open(packets, ct_at, ct_lengths, nonces, aads) -> (verdicts, plaintexts):
+ * packet i's cipher text is ct_lengths[i] bytes from ct_at, its tag right after; the
+ * plaintexts go back to back into one bytes object (packet i's at the sum of the lengths
+ * before it); verdict i is 1 where the tag verifies. */
+static PyObject *
+aead_esp_open(AeadObject *self, PyObject *args)
+{
+    PyObject *po, *lo, *no, *ao;
+    Py_ssize_t ct_at;
+    packet_views pv = {0};
+    Py_buffer lens = {0}, nonces = {0}, aads = {0};
+    PyObject *verdicts = NULL, *plain = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "OnOOO:esp_open", &po, &ct_at, &lo, &no, &ao))
+        return NULL;
+    if (self->key == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Aead not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    if (ct_at < 0 || ct_at > 1024) {
+        PyErr_Format(PyExc_ValueError, "ct_at must be 0..1024, not %zd", ct_at);
+        return NULL;
+    }
+    if (get_views(po, &pv) < 0)
+        goto done;
+    Py_ssize_t n = pv.n, nw = 12, aw = -1;
+    if (get_i64(lo, &lens, &n, "ct_lengths") < 0)
+        goto done;
+    if (get_rows(no, &nonces, n, &nw, "nonces") < 0)
+        goto done;
+    if (get_rows(ao, &aads, n, &aw, "aads") < 0)
+        goto done;
+    const int64_t *cl = lens.buf;
+    int64_t t = self->tag_bytes, total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (cl[i] < 0 || cl[i] > 0xFFFFF || ct_at + cl[i] + t > (int64_t)pv.views[i].len) {
+            PyErr_Format(PyExc_ValueError, "packet %zd: %lld bytes of cipher text from byte "
+                         "%zd and a %lld-byte tag do not fit its %zd bytes", i,
+                         (long long)cl[i], ct_at, (long long)t, pv.views[i].len);
+            goto done;
+        }
+        total += cl[i];
+    }
+    verdicts = PyBytes_FromStringAndSize(NULL, n);
+    plain = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (verdicts == NULL || plain == NULL)
+        goto done;
+    uint8_t *v = (uint8_t *)PyBytes_AS_STRING(verdicts), *p = (uint8_t *)PyBytes_AS_STRING(plain);
+    const uint8_t *nb = nonces.buf, *ab = aads.buf;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t tag[32];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *c = (const uint8_t *)pv.views[i].buf + ct_at;
+        aead_one(mgr, self, 0, nb + 12 * i, c, p, (uint64_t)cl[i], ab + aw * i, (uint64_t)aw, tag);
+        v[i] = !ct_diff(tag, c + cl[i], (size_t)t);
+        p += cl[i];
+    }
+    Py_END_ALLOW_THREADS
+    result = PyTuple_Pack(2, verdicts, plain);
+done:
+    Py_XDECREF(verdicts);
+    Py_XDECREF(plain);
+    release_views(&pv);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&nonces);
+    PyBuffer_Release(&aads);
+    return result;
+}
+
+/* The batch objects carry peek and cut too, so the core reaches them through the object it
+ * already holds (ipsec_core.dataplane.esp.bulk.EspFraming). */
+static PyObject *obj_peek(PyObject *s, PyObject *a) { return mod_peek(NULL, a); }
+static PyObject *obj_cut(PyObject *s, PyObject *a) { return mod_cut(NULL, a); }
+
 static PyObject *aead_seal_batch(AeadObject *s, PyObject *a) { return aead_batch(s, a, 1); }
 static PyObject *aead_open_batch(AeadObject *s, PyObject *a) { return aead_batch(s, a, 0); }
 
@@ -493,6 +876,12 @@ static PyMethodDef aead_methods[] = {
      "seal_batch(buf, offsets, lengths, nonces, aads): encrypt in place, tags after each message"},
     {"open_batch", (PyCFunction)aead_open_batch, METH_VARARGS,
      "open_batch(buf, offsets, lengths, nonces, aads) -> verdict bytes (1 = tag verifies)"},
+    {"esp_seal", (PyCFunction)aead_esp_seal, METH_VARARGS,
+     "esp_seal(packets, heads, head_len, nhs, block, nonces, aads) -> [framed, sealed bytes]"},
+    {"esp_open", (PyCFunction)aead_esp_open, METH_VARARGS,
+     "esp_open(packets, ct_at, ct_lengths, nonces, aads) -> (verdicts, plaintexts)"},
+    {"peek", (PyCFunction)obj_peek, METH_VARARGS, "peek(packets, k): see the module's peek"},
+    {"cut", (PyCFunction)obj_cut, METH_VARARGS, "cut(buf, offsets, lengths): see the module's cut"},
     {NULL}
 };
 
@@ -1230,6 +1619,220 @@ done:
     return result;
 }
 
+/* Chain.esp_seal(packets, heads, head_len, nhs, block, ivs, his) -> [bytes]: as Aead.esp_seal,
+ * with the cipher text from cipher_at bytes after the ESP header's start (head_len - cipher_at
+ * bytes into the result) under IV / counter block ivs[i] (16 bytes), then the ICV over the ESP
+ * header, IV and cipher text (and his[i], 4 bytes, with ESN; None without). */
+static PyObject *
+chain_esp_seal(ChainObject *self, PyObject *args)
+{
+    seal_args a;
+    int block;
+    PyObject *out = NULL;
+    uint8_t *scratch = NULL;
+    Py_ssize_t n = 0;
+    if (self->mac == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Chain not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    if (seal_args_get(args, &a, &block, 16, 1, "OOnOiOO:esp_seal") < 0)
+        goto done;
+    n = a.pv.n;
+    int esn = a.aads.obj != NULL;
+    int64_t icv = self->icv_bytes, at = self->cipher_at;
+    int64_t esp_at = a.head_len - at;
+    if (esp_at < 0 || (esn && (a.aads.len != 4 * n || icv < 4))) {
+        PyErr_Format(PyExc_ValueError, "esp_seal: head_len %zd is shorter than cipher_at %lld, "
+                     "or his is not n x 4 bytes / the ICV shorter than 4 bytes", a.head_len,
+                     (long long)at);
+        goto done;
+    }
+    if (self->cipher && self->cipher->kind == K_CBC && block % 16) {
+        PyErr_Format(PyExc_ValueError, "aes-cbc needs a block of 16 bytes, not %d", block);
+        goto done;
+    }
+    out = frame(&a.pv, a.heads.buf, a.head_len, a.nhs.buf, block, (int)icv, a.at, a.plen);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (at + a.plen[i] + (esn ? 4 : 0) > 65535) {
+            PyErr_Format(PyExc_ValueError, "packet %zd: too long for the job API", i);
+            Py_CLEAR(out);
+            goto done;
+        }
+    scratch = malloc(n ? (size_t)n * 64 : 1);
+    if (scratch == NULL) {
+        PyErr_NoMemory();
+        Py_CLEAR(out);
+        goto done;
+    }
+    const uint8_t *ivb = a.rows.buf, *hb = a.aads.buf;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *m = a.at[i] + esp_at;
+        int64_t ln = at + a.plen[i];
+        if (esn)
+            memcpy(m + ln, hb + 4 * i, 4);   /* the ICV's room holds the high bits meanwhile */
+        IMB_JOB *job = IMB_GET_NEXT_JOB(mgr);
+        if (self->cipher) {
+            cipher_job(job, self->cipher, 1, ivb + 16 * i);
+            job->cipher_start_src_offset_in_bytes = (uint64_t)at;
+            job->msg_len_to_cipher_in_bytes = (uint64_t)a.plen[i];
+        } else {
+            job->cipher_mode = IMB_CIPHER_NULL;
+            job->cipher_direction = IMB_DIR_ENCRYPT;
+            job->msg_len_to_cipher_in_bytes = 0;
+        }
+        job->chain_order = IMB_ORDER_CIPHER_HASH;
+        job->src = m;
+        job->dst = m + at;
+        job->hash_start_src_offset_in_bytes = 0;
+        job->msg_len_to_hash_in_bytes = (uint64_t)(ln + (esn ? 4 : 0));
+        mac_job(job, self->mac, scratch + 64 * i, (uint64_t)icv);
+        job = IMB_SUBMIT_JOB(mgr);
+        while (job != NULL) {
+            failed |= job->status != IMB_STATUS_COMPLETED;
+            job = IMB_GET_COMPLETED_JOB(mgr);
+        }
+    }
+    IMB_JOB *job;
+    while ((job = IMB_FLUSH_JOB(mgr)) != NULL)
+        failed |= job->status != IMB_STATUS_COMPLETED;
+    for (Py_ssize_t i = 0; i < n; i++)
+        memcpy(a.at[i] + esp_at + at + a.plen[i], scratch + 64 * i, (size_t)icv);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        Py_CLEAR(out);
+        PyErr_Format(PyExc_RuntimeError, "intel-ipsec-mb refused a job of the batch: %s",
+                     imb_get_strerror(imb_get_errno(mgr)));
+    }
+done:
+    if (scratch != NULL) {
+        explicit_bzero(scratch, n ? (size_t)n * 64 : 1);
+        free(scratch);
+    }
+    seal_args_release(&a);
+    return out;
+}
+
+/* Chain.esp_open(packets, esp_at, lengths, ivs) -> (verdicts, plaintexts): packet i's ESP
+ * header starts at esp_at, the ICV covers lengths[i] bytes from there and follows them; the
+ * cipher text (from cipher_at to the ICV) is decrypted into one bytes object, back to back;
+ * verdict i is 1 where the ICV verifies.  No ESN here (its ICV input is not in the packet). */
+static PyObject *
+chain_esp_open(ChainObject *self, PyObject *args)
+{
+    PyObject *po, *lo, *io;
+    Py_ssize_t esp_at;
+    packet_views pv = {0};
+    Py_buffer lens = {0}, ivs = {0};
+    PyObject *verdicts = NULL, *plain = NULL, *result = NULL;
+    uint8_t *scratch = NULL;
+    Py_ssize_t n = -1, ivw = 16;
+    if (!PyArg_ParseTuple(args, "OnOO:esp_open", &po, &esp_at, &lo, &io))
+        return NULL;
+    if (self->mac == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Chain not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL)
+        return NULL;
+    if (esp_at < 0 || esp_at > 1024) {
+        PyErr_Format(PyExc_ValueError, "esp_at must be 0..1024, not %zd", esp_at);
+        return NULL;
+    }
+    if (get_views(po, &pv) < 0)
+        goto done;
+    n = pv.n;
+    if (get_i64(lo, &lens, &n, "lengths") < 0)
+        goto done;
+    if (get_rows(io, &ivs, n, &ivw, "ivs") < 0)
+        goto done;
+    const int64_t *ln = lens.buf;
+    int64_t icv = self->icv_bytes, at = self->cipher_at, total = 0;
+    int64_t min_len = self->cipher ? at + 1 : at;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (ln[i] < min_len || ln[i] > 65535 || esp_at + ln[i] + icv > (int64_t)pv.views[i].len
+                || (self->cipher && self->cipher->kind == K_CBC && (ln[i] - at) % 16)) {
+            PyErr_Format(PyExc_ValueError, "packet %zd: %lld bytes from byte %zd and a "
+                         "%lld-byte ICV do not fit its %zd bytes (or are not whole blocks)", i,
+                         (long long)ln[i], esp_at, (long long)icv, pv.views[i].len);
+            goto done;
+        }
+        total += ln[i] - at;
+    }
+    scratch = malloc(n ? (size_t)n * 64 : 1);
+    verdicts = PyBytes_FromStringAndSize(NULL, n);
+    plain = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (scratch == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (verdicts == NULL || plain == NULL)
+        goto done;
+    uint8_t *v = (uint8_t *)PyBytes_AS_STRING(verdicts), *p0 = (uint8_t *)PyBytes_AS_STRING(plain);
+    const uint8_t *ivb = ivs.buf;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *p = p0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *m = (const uint8_t *)pv.views[i].buf + esp_at;
+        IMB_JOB *job = IMB_GET_NEXT_JOB(mgr);
+        if (self->cipher) {
+            cipher_job(job, self->cipher, 0, ivb + 16 * i);
+            job->cipher_start_src_offset_in_bytes = (uint64_t)at;
+            job->msg_len_to_cipher_in_bytes = (uint64_t)(ln[i] - at);
+        } else {
+            job->cipher_mode = IMB_CIPHER_NULL;
+            job->cipher_direction = IMB_DIR_DECRYPT;
+            job->msg_len_to_cipher_in_bytes = 0;
+            memcpy(p, m + at, (size_t)(ln[i] - at));
+        }
+        job->chain_order = IMB_ORDER_HASH_CIPHER;
+        job->src = m;
+        job->dst = p;
+        job->hash_start_src_offset_in_bytes = 0;
+        job->msg_len_to_hash_in_bytes = (uint64_t)ln[i];
+        mac_job(job, self->mac, scratch + 64 * i, (uint64_t)icv);
+        job = IMB_SUBMIT_JOB(mgr);
+        while (job != NULL) {
+            failed |= job->status != IMB_STATUS_COMPLETED;
+            job = IMB_GET_COMPLETED_JOB(mgr);
+        }
+        p += ln[i] - at;
+    }
+    IMB_JOB *job;
+    while ((job = IMB_FLUSH_JOB(mgr)) != NULL)
+        failed |= job->status != IMB_STATUS_COMPLETED;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *m = (const uint8_t *)pv.views[i].buf + esp_at;
+        v[i] = !ct_diff(scratch + 64 * i, m + ln[i], (size_t)icv);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_Format(PyExc_RuntimeError, "intel-ipsec-mb refused a job of the batch: %s",
+                     imb_get_strerror(imb_get_errno(mgr)));
+        goto done;
+    }
+    result = PyTuple_Pack(2, verdicts, plain);
+done:
+    if (scratch != NULL) {
+        explicit_bzero(scratch, n > 0 ? (size_t)n * 64 : 1);
+        free(scratch);
+    }
+    Py_XDECREF(verdicts);
+    Py_XDECREF(plain);
+    release_views(&pv);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&ivs);
+    return result;
+}
+
 static PyObject *chain_seal_batch(ChainObject *s, PyObject *a) { return chain_batch(s, a, 1); }
 static PyObject *chain_open_batch(ChainObject *s, PyObject *a) { return chain_batch(s, a, 0); }
 
@@ -1238,6 +1841,12 @@ static PyMethodDef chain_methods[] = {
      "seal_batch(buf, starts, lengths, ivs, his): encrypt then MAC, in place"},
     {"open_batch", (PyCFunction)chain_open_batch, METH_VARARGS,
      "open_batch(buf, starts, lengths, ivs, his) -> verdict bytes (1 = ICV verifies)"},
+    {"esp_seal", (PyCFunction)chain_esp_seal, METH_VARARGS,
+     "esp_seal(packets, heads, head_len, nhs, block, ivs, his) -> [framed, sealed bytes]"},
+    {"esp_open", (PyCFunction)chain_esp_open, METH_VARARGS,
+     "esp_open(packets, esp_at, lengths, ivs) -> (verdicts, plaintexts)"},
+    {"peek", (PyCFunction)obj_peek, METH_VARARGS, "peek(packets, k): see the module's peek"},
+    {"cut", (PyCFunction)obj_cut, METH_VARARGS, "cut(buf, offsets, lengths): see the module's cut"},
     {NULL}
 };
 
@@ -1280,6 +1889,8 @@ mod_arch(PyObject *m, PyObject *unused)
 
 static PyMethodDef module_methods[] = {
     {"arch", mod_arch, METH_NOARGS, "the code path intel-ipsec-mb chose for this CPU"},
+    {"peek", mod_peek, METH_VARARGS, "peek(packets, k) -> (int64 lengths, first k bytes of each)"},
+    {"cut", mod_cut, METH_VARARGS, "cut(buf, offsets, lengths) -> [bytes of each region]"},
     {NULL}
 };
 

@@ -137,6 +137,7 @@ def fuzz(m, iterations: int, seed: int = 1) -> int:
                 getattr(target, call)(buf, offs, lens, rng.randbytes(16 * n + rng.choice([0, 0, 5])), his)
         except (ValueError, TypeError, BufferError):
             refused += 1
+        refused += fuzz_framing(m, rng, target, buf, offs, lens, n)
         data = rng.randbytes(rng.choice([0, 1, 15, 16, 17, 100]))
         for single in (lambda: aead.decrypt(data[:12].ljust(12, b"\0"), data, b"a"),
                        lambda: chacha.encrypt(data[:rng.choice([11, 12, 13])], data, data),
@@ -149,6 +150,68 @@ def fuzz(m, iterations: int, seed: int = 1) -> int:
             except (ValueError, TypeError):
                 refused += 1
     return refused
+
+
+def fuzz_framing(m, rng, target, buf, offs, lens, n) -> int:
+    """One hostile call of each ESP framing entry point (esp_seal, esp_open, peek, cut)."""
+    refused = 0
+    packets = [rng.randbytes(rng.choice([0, 1, 20, 60, 300])) for _ in range(n)]
+    if rng.random() < 0.1:
+        packets.append(rng.choice([None, 5, "x", bytearray(3)]))
+    head = rng.choice([0, 8, 24, 36, 52, -1, 2000])
+    width = max(head, 0)
+    heads = rng.randbytes(width * len(packets) + rng.choice([0, 0, 3]))
+    nhs = rng.randbytes(len(packets) + rng.choice([0, 0, 1]))
+    block = rng.choice([1, 4, 16, 0, 256, -3])
+    rows = rng.randbytes(rng.choice([12, 16, 11]) * len(packets))
+    aads = rng.choice([None, rng.randbytes(8 * len(packets)), rng.randbytes(4 * len(packets)), b"x"])
+    at = rng.choice([0, 8, 16, 24, 52, -1, 5000])
+    calls = [lambda: target.esp_seal(packets, heads, head, nhs, block, rows, aads),
+             lambda: target.peek(packets, rng.choice([0, 8, 52, -1, 5000])),
+             lambda: target.cut(buf if rng.random() < 0.5 else bytes(buf), offs, lens)]
+    if isinstance(target, m.Aead):
+        calls.append(lambda: target.esp_open(packets, at, lens, rows, aads))
+    else:
+        calls.append(lambda: target.esp_open(packets, at, lens, rows))
+    for call in calls:
+        try:
+            call()
+        except (ValueError, TypeError, BufferError, OverflowError):
+            refused += 1
+    return refused
+
+
+@needs_ext
+def test_esp_framing_matches_the_buffer_calls():
+    """esp_seal / esp_open give what seal_batch / open_batch give on the same framing."""
+    m = _ipsecmb
+    aead = m.Aead(m.GCM, bytes(range(16)), 16, ValueError)
+    rng = random.Random(3)
+    packets = [rng.randbytes(rng.randrange(20, 200)) for _ in range(9)]
+    n, head = len(packets), 28
+    heads = rng.randbytes(head * n)
+    nhs = bytes([4] * n)
+    nonces = rng.randbytes(12 * n)
+    aads = rng.randbytes(8 * n)
+    framed = aead.esp_seal(packets, heads, head, nhs, 4, nonces, aads)
+    for i, p in enumerate(packets):
+        pad = -(len(p) + 2) % 4
+        pt = p + bytes(range(1, pad + 1)) + bytes((pad, 4))
+        assert framed[i] == heads[head * i:head * (i + 1)] + aead.encrypt(
+            nonces[12 * i:12 * i + 12], pt, aads[8 * i:8 * i + 8])
+    ct = np.array([len(f) - head - 16 for f in framed], np.int64)
+    forged = list(framed)
+    forged[4] = forged[4][:-1] + bytes((forged[4][-1] ^ 1,))
+    verdicts, plain = aead.esp_open(forged, head, ct, nonces, aads)
+    assert verdicts == bytes([1, 1, 1, 1, 0, 1, 1, 1, 1])
+    starts = np.concatenate(([0], np.cumsum(ct)[:-1])).astype(np.int64)
+    parts = aead.cut(plain, starts, ct)
+    for i, p in enumerate(packets):
+        if i != 4:
+            assert parts[i][:len(p)] == p
+    lens, first = aead.peek(packets, 8)
+    assert np.frombuffer(lens, np.int64).tolist() == [len(p) for p in packets]
+    assert first == b"".join(p[:8] for p in packets)
 
 
 @needs_ext

@@ -184,3 +184,28 @@ def test_packet_batch_round_trip():
         end = o + len(packets[i])
         assert batch.buf[end:end + 50] == bytes(50)
     assert PacketBatch.from_packets([]).packets() == []
+
+
+@pytest.mark.parametrize("size", [32, 64, 1024])
+def test_window_advance_equals_updates(size):
+    """One shift of the bitmap over a batch equals one update per sequence number."""
+    import numpy as np
+
+    from ipsec_core.dataplane.esp.bulk import _advance
+    from ipsec_core.dataplane.replay import ReplayWindow
+
+    rng = random.Random(size)
+    for _ in range(200):
+        one, many = ReplayWindow(size), ReplayWindow(size)
+        start = rng.randrange(1, 5000)
+        for w in (one, many):
+            w.update(start)
+        top = one.top
+        seqs = sorted(rng.sample(range(top + 1, top + rng.choice([3, 40, 3 * size])),
+                                 rng.randrange(1, 3)))
+        if rng.random() < 0.5:
+            seqs = list(range(top + rng.randrange(1, 50), top + 50 + rng.randrange(1, 300)))
+        for s in seqs:
+            one.update(s)
+        _advance(many, np.array(seqs, np.int64))
+        assert one.snapshot() == many.snapshot()
