@@ -20,7 +20,8 @@ Its surface is aioquic's, and `IkeEndpoint` (ipsec_core.ike.endpoint) drives man
     session.next_event()               # `Event`s, or None
 
 Must not: open a socket, read the clock, or log a key.  Time arrives as `now`.  The state of the
-IKE SA changes only through `_set_state`, along `TRANSITIONS`.
+IKE SA changes only through `_set_state`, along `TRANSITIONS`.  A deleted or failed IKE SA
+forgets its keys (best effort, `_forget_keys`).
 """
 from __future__ import annotations
 
@@ -1517,6 +1518,7 @@ class IkeSession:
         self._request = None
         self._pending.clear()
         self._set_state(IkeState.DELETED)
+        self._forget_keys()
 
     def _gone(self, reason: str, *, now: float) -> None:
         if self.state is IkeState.DELETED:
@@ -1541,6 +1543,20 @@ class IkeSession:
         self._pending.clear()
         self._rekeyed_deadline = None
         self._set_state(IkeState.DELETED)
+        self._forget_keys()
+
+    def _forget_keys(self) -> None:
+        """A deleted IKE SA drops its keys: the SK protector is wiped (it refuses to seal or
+        open from now on), SK_d and the other SK_* go with `keys`, and the IKE_SA_INIT key
+        exchange is released.  Best effort, as `SkProtector.wipe` explains: Python cannot
+        overwrite the immutable bytes, only drop the last references we hold.  With
+        `save_keys` the user asked for the keys to be exported (Wireshark's table, written
+        by the endpoint once the SA is finished), so `keys` stays for that."""
+        if self._sk is not None:
+            self._sk.wipe()
+        if not self.save_keys:
+            self.keys = None
+        self._ke = None
 
 
 def _tenth_more(limit: int) -> int | None:

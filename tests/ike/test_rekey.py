@@ -61,6 +61,7 @@ def test_ike_rekey_moves_children_and_deletes_old(side):
     pair = up(Pair(config("a", initiator=True), config("b", initiator=False)))
     old_a, old_b = assert_in_step(pair)
     old_spis = (old_a.spi_i, old_a.spi_r)
+    old_sk_d = old_a.keys.sk_d               # a deleted IKE SA drops its keys
     children = {(c.spi_in, c.spi_out) for c in old_a.children.values()}
     getattr(pair, side).rekey_ike("a" if side == "a" else "b", now=pair.now)
     pair.pump()
@@ -73,7 +74,8 @@ def test_ike_rekey_moves_children_and_deletes_old(side):
         assert (rekeyed.old_spi_i, rekeyed.old_spi_r) == tuple(int.from_bytes(x, "big") for x in old_spis)
         assert [e.reason for e in pair.of(s, IkeSaDeleted)] == ["rekeyed"]
         assert not pair.of(s, ChildSaDeleted)
-    assert a.keys.sk_d != old_a.keys.sk_d and a.keys.sk_d == b.keys.sk_d
+    assert a.keys.sk_d != old_sk_d and a.keys.sk_d == b.keys.sk_d
+    assert old_a.keys is None and old_a._sk.wiped
     traffic(pair)
     # the new IKE SA works: a CHILD SA rekey (keys from the new SK_d), then a delete
     pair.b.rekey_child("b", "net", now=pair.now)

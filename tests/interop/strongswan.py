@@ -306,6 +306,17 @@ def parse_list_sas(text: str) -> list[dict]:
     return sas
 
 
+_CLOSING = re.compile(r"closing CHILD_SA \S+ with SPIs ([0-9a-f]{8})_i \((\d+) bytes\) "
+                      r"([0-9a-f]{8})_o \((\d+) bytes\)")
+
+
+def parse_closed_children(log_text: str) -> dict[str, tuple[int, int]]:
+    """The CHILD SAs charon closed (deleted or rekeyed away), from its `closing CHILD_SA` log
+    lines: inbound SPI (hex) -> (bytes in, bytes out) at the time it closed.  charon logs
+    bytes only, no packets; with `--list-sas` for the SAs still there, the totals of a run."""
+    return {m.group(1): (int(m.group(2)), int(m.group(4))) for m in _CLOSING.finditer(log_text)}
+
+
 _DUMP_HEAD = re.compile(r"^\S+ \d+\[(?P<sub>\w+)\] (?P<label>.*?) => (?P<n>\d+) bytes @ \S+\s*$")
 _DUMP_LINE = re.compile(r"^\S+ \d+\[\w+\]\s+\d+: ((?:[0-9A-F]{2} ){0,15}[0-9A-F]{2})")
 
