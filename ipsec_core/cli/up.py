@@ -74,11 +74,11 @@ def select(connections: dict, names: list[str] | None, *, file: str) -> list:
     return [connections[n] for n in names]
 
 
-def open_tun(name: str, mtu: int):
+def open_tun(name: str, mtu: int, *, offload: bool = True):
     from ipsec_core.vpn.driver import TunInterface
 
     try:
-        return TunInterface(name, mtu=mtu)
+        return TunInterface(name, mtu=mtu, offload=offload)
     except PermissionError as exc:
         fail(f"ipsec up needs root (or CAP_NET_ADMIN) to create a TUN device and its routes: "
              f"{exc.strerror or exc}; run it with sudo")
@@ -163,6 +163,11 @@ def up(
         "--control", metavar="PATH", dir_okay=False,
         help="Control socket for ipsec status / up / down (default /run/ipsec-suite/control.sock, "
              "or netns-NAME.sock with --netns).")] = None,
+    offload: Annotated[bool, typer.Option(
+        "--offload/--no-offload",
+        help="TUN offloads: take TCP super-packets from the local stack and cut them here, and "
+             "hand decrypted TCP segments of one flow back as one write, from a thread of its "
+             "own (--no-offload: one packet per read and write, on the event loop).")] = True,
 ) -> None:
     """Bring up IKEv2 connections and carry their traffic through a TUN device, in the foreground.
 
@@ -187,7 +192,7 @@ def up(
     # whatever is open by then (the TUN device) is closed on the way out.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _up(config, connection, save_keys, netns, tun_name, mtu, path_mtu, control)
+        _up(config, connection, save_keys, netns, tun_name, mtu, path_mtu, control, offload)
     except _Interrupted:
         logging.getLogger(LOGGER).info("stopped during start-up")
     finally:
@@ -204,7 +209,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int | None,
-        path_mtu: int, control: Path | None) -> None:
+        path_mtu: int, control: Path | None, offload: bool = True) -> None:
     from ipsec_core.vpn.control import default_path
     from ipsec_core.vpn.driver import inner_mtu
 
@@ -219,7 +224,7 @@ def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int | No
     configs = select(load_connections(config), connection, file=file)
     if mtu is None:
         mtu = inner_mtu(configs, path_mtu=path_mtu)
-    tun = open_tun(tun_name, mtu)
+    tun = open_tun(tun_name, mtu, offload=offload)
     try:
         asyncio.run(_serve(configs, tun=tun, save_keys=save_keys,
                            control=control or default_path(netns), control_required=control is not None,

@@ -201,12 +201,15 @@ class TunInterface:
 
     NETLINK_TIMEOUT_S = 10.0
 
-    def __init__(self, name: str = "ipsec%d", *, mtu: int = DEFAULT_TUN_MTU):
+    def __init__(self, name: str = "ipsec%d", *, mtu: int = DEFAULT_TUN_MTU, offload: bool = True):
         import concurrent.futures
 
         from ipsec_core.vpn.tun import TunDevice
 
-        self.tun = TunDevice(name, read_size=max(mtu, 1500))
+        # offload: the stack hands over TCP super-packets (cut here), decrypted TCP segments
+        # of one flow go back into it as one GSO write, from a thread of their own
+        self.tun = TunDevice(name, read_size=max(mtu, 1500), vnet_hdr=offload, tso=offload,
+                             write_thread=offload)
         self.name = self.tun.name
         self.mtu = mtu
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -462,6 +465,21 @@ def _largest_inner(protected_len: Callable[..., int], mtu: int) -> int:
     return length
 
 
+def _flow_key(packet: bytes) -> bytes | None:
+    """The bytes a selector match reads (protocol, addresses, the first four bytes after the IP
+    header: ports, or ICMP type and code) for an IPv4 packet without options or fragmentation,
+    or an IPv6 TCP / UDP packet without extension headers, whose length field is its length;
+    None for any other packet, which is parsed in full."""
+    n = len(packet)
+    if n >= 24 and packet[0] == 0x45:
+        if packet[6] & 0x3F or packet[7] or (packet[2] << 8 | packet[3]) != n:
+            return None
+        return packet[9:10] + packet[12:24]
+    if n >= 44 and packet[0] >> 4 == 6 and packet[6] in (6, 17) and (packet[4] << 8 | packet[5]) + 40 == n:
+        return packet[6:7] + packet[8:44]
+    return None
+
+
 def _transport_strip(wire: bytes) -> int:
     """Where the ESP header starts in a transport-mode ESP-in-UDP packet (after its IP headers
     and the UDP header)."""
@@ -632,8 +650,14 @@ class Driver:
         """Bind the sockets, start reading, create the IKE endpoint and initiate."""
         loop = self._loop = asyncio.get_running_loop()
         self._closed, self._done = asyncio.Event(), asyncio.Event()
+        # A UDP GSO send shows in captures as one datagram per run of ESP packets until a real
+        # device cuts it (loopback and veth never do): with --save-keys, or on loopback (ipsec
+        # demo), the capture is meant to be read by Wireshark, so datagrams go out one by one.
+        loopback = any(a not in ("0.0.0.0", "::") and ipaddress.ip_address(a).is_loopback
+                       for a in self.local_addresses)
         self.udp = UdpEndpoint(self, local_addresses=self.local_addresses, ike_port=self.ike_port,
-                               nat_t_port=self.nat_t_port, max_batch=self.max_batch, mark=self.mark)
+                               nat_t_port=self.nat_t_port, max_batch=self.max_batch, mark=self.mark,
+                               offload=self.keys is None and not loopback)
         try:
             self._bound_hosts = {_host(addr) for _, addr in self.udp.local_addresses}
             if self.keys is not None:
@@ -700,6 +724,8 @@ class Driver:
         self._timer = self._keepalive = None
         for child in list(self.children):
             self._remove_child(child)
+        for child in list(self._by_spi.values()):    # rekeyed SAs still in their inbound grace
+            self._drop_inbound(child)
         for connection, _, _ in self._traps:
             self._remove_trap_routes(connection)
         try:
@@ -1054,6 +1080,7 @@ class Driver:
             if child in self.children:
                 self.children.remove(child)
                 self._remove_routes(child)
+            child.outbound.wipe()
             self._loop.call_later(REKEYED_INBOUND_GRACE_S, self._drop_inbound, child)
         elif child is not None:
             self._remove_child(child)
@@ -1065,6 +1092,7 @@ class Driver:
     def _drop_inbound(self, child: ChildSa) -> None:
         if self._by_spi.get(child.inbound.spi) is child:
             del self._by_spi[child.inbound.spi]
+        _wipe(child)
 
     def _on_IkeSaRekeyed(self, e: ev.IkeSaRekeyed) -> None:
         record = self._ike_sas.pop((e.old_spi_i, e.old_spi_r), None)
@@ -1102,6 +1130,7 @@ class Driver:
         if self._by_spi.get(child.inbound.spi) is child:
             del self._by_spi[child.inbound.spi]
         self._remove_routes(child)
+        _wipe(child)
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -1255,21 +1284,27 @@ class Driver:
         children = self.children
         groups: dict[int, tuple[ChildSa, list[bytes]]] = {}
         last: ChildSa | None = None
+        flows: dict[bytes, ChildSa] = {}      # this batch's flows: a TCP stream matches once
         for packet in packets:
-            try:
-                s = PacketSelector.from_packet(packet)
-            except PacketDropped as drop:
-                drops[drop.reason.value] += 1
-                continue
-            if last is not None and last.matches_out(s):
-                child = last
-            else:
-                child = next((c for c in children if c.matches_out(s)), None)
-                if child is None:
-                    if not (self._traps and self._trap(packet, s)):
-                        drops["no_policy"] += 1
+            key = _flow_key(packet)
+            child = flows.get(key) if key is not None else None
+            if child is None:
+                try:
+                    s = PacketSelector.from_packet(packet)
+                except PacketDropped as drop:
+                    drops[drop.reason.value] += 1
                     continue
-                last = child
+                if last is not None and last.matches_out(s):
+                    child = last
+                else:
+                    child = next((c for c in children if c.matches_out(s)), None)
+                    if child is None:
+                        if not (self._traps and self._trap(packet, s)):
+                            drops["no_policy"] += 1
+                        continue
+                    last = child
+                if key is not None:
+                    flows[key] = child
             group = groups.get(id(child))
             if group is None:
                 groups[id(child)] = (child, [packet])
@@ -1349,13 +1384,19 @@ class Driver:
         for spi, batch in groups.items():
             child = by_spi[spi]
             out = []
+            flows: dict[bytes, bool] = {}
             for verdict in child.inbound.unprotect_batch(batch, now=now):
                 if verdict.__class__ is bytes:
-                    try:
-                        admitted = child.admits(verdict)
-                    except PacketDropped as drop:
-                        drops[drop.reason.value] += 1
-                        continue
+                    key = _flow_key(verdict)
+                    admitted = flows.get(key) if key is not None else None
+                    if admitted is None:
+                        try:
+                            admitted = child.admits(verdict)
+                        except PacketDropped as drop:
+                            drops[drop.reason.value] += 1
+                            continue
+                        if key is not None:
+                            flows[key] = admitted
                     if admitted:
                         out.append(verdict)
                     else:
@@ -1399,6 +1440,15 @@ class Driver:
         if record.local and record.local[0] in self._bound_hosts:
             return record.local[0]
         return None
+
+
+def _wipe(child: ChildSa) -> None:
+    """Forget the keys of a CHILD SA the driver no longer uses, both directions (best effort:
+    `SecurityAssociation.wipe` says what Python can and cannot overwrite).  Its counters stay
+    readable for the log line and `ipsec status`."""
+    for sa in (child.inbound, child.outbound):
+        if not sa.wiped:
+            sa.wipe()
 
 
 def inner_mtu(configs: Sequence[IkeConfig], *, path_mtu: int = DEFAULT_PATH_MTU) -> int:

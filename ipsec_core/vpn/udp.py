@@ -10,10 +10,22 @@ data plane's `*_batch` calls.
 
 Reads do not go through `loop.create_datagram_endpoint`: its transport makes one `recvfrom` per
 readiness event.  Each socket is registered with `loop.add_reader` instead, and a wake-up reads
-until the socket is empty or `max_batch` datagrams were read, so a burst of ESP costs one loop
-turn and one handler call (Python has no recvmmsg).  Sends are plain non-blocking `sendto`: a
-datagram the kernel cannot queue is dropped and counted, as the network would drop it (IKE
-retransmits; ESP carries its own end-to-end recovery), never buffered in user space.
+until the socket is empty or `max_batch` ESP packets were read, so a burst of ESP costs one loop
+turn and one handler call (Python has no recvmmsg).  Sends are plain non-blocking: a datagram
+the kernel cannot queue is dropped and counted, as the network would drop it (IKE retransmits;
+ESP carries its own end-to-end recovery), never buffered in user space.
+
+Python makes one system call per datagram, and at VPN rates the calls are the cost, so the NAT-T
+sockets use the kernel's UDP segmentation offloads where it has them (Linux 4.18 / 5.0):
+`send_esp_batch` sends each run of equal-size ESP packets to one peer as one `sendmsg` with a
+UDP_SEGMENT control message (the kernel, or the NIC, cuts it into datagrams), and UDP_GRO lets
+one `recvmsg` return a run of equal-size datagrams of one flow, which the drain cuts apart again
+by the segment size the kernel reports.  Where the kernel or the route refuses segmentation
+(EIO: no checksum offload on the device; EINVAL), the socket falls back to one `sendto` per
+packet for good.  A capture sees a segmented send as one datagram until a real device cuts it
+(loopback and veth never do): `offload=False` where captures must show one ESP packet each.  The NAT-T sockets also get large buffers (ESP_BUFFER_BYTES, forced past
+net.core.rmem_max where the process may): a burst that overflows the default 208 KiB receive
+buffer is lost to TCP inside the tunnel, which halves its window for it.
 """
 from __future__ import annotations
 
@@ -23,8 +35,9 @@ import errno
 import ipaddress
 import logging
 import socket
+import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from ipsec_core.errors import LocalError
 
@@ -38,6 +51,21 @@ NAT_T_PORT = 4500
 MAX_DATAGRAM_BYTES = 65535
 DEFAULT_MAX_BATCH = 64
 SO_MARK = getattr(socket, "SO_MARK", 36)
+# <linux/udp.h>, <asm-generic/socket.h>; the socket module names none of them.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+#: The kernel's cap on segments per UDP_SEGMENT send (UDP_MAX_SEGMENTS in older kernels).
+GSO_MAX_SEGMENTS = 64
+#: The largest UDP payload one send may carry: an IPv4 datagram's 65535 less its headers.
+GSO_MAX_BYTES = 65535 - 20 - 8
+#: Send and receive buffer of a NAT-T socket when none is given.
+ESP_BUFFER_BYTES = 4 << 20
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_U16 = struct.Struct("=H")
+_INT = struct.Struct("=i")
 
 _MARKER_LEN = len(NON_ESP_MARKER)
 _KEEPALIVE_BYTE = NAT_KEEPALIVE[0]
@@ -108,19 +136,41 @@ class UdpStats:
     esp_sent: int = 0
     keepalives_sent: int = 0
     send_dropped: int = 0            # the socket buffer was full (EAGAIN)
+    truncated_received: int = 0      # a datagram longer than the receive buffer (cut short): dropped
+    gso_sends: int = 0               # sendmsg calls that carried several ESP packets (UDP_SEGMENT)
+    gro_receives: int = 0            # recvmsg calls that returned several ESP packets (UDP_GRO)
     send_errors: int = 0             # any other send failure; the last one is in `last_send_error`
     last_send_error: OSError | None = field(default=None, repr=False)
 
 
 class _BoundSocket:
-    __slots__ = ("sock", "kind", "local", "host", "family")
+    __slots__ = ("sock", "kind", "local", "host", "family", "gso", "gro")
 
-    def __init__(self, sock: socket.socket, kind: SocketKind):
+    def __init__(self, sock: socket.socket, kind: SocketKind, *, gso: bool = False, gro: bool = False):
         self.sock = sock
         self.kind = kind
         self.local: Address = sock.getsockname()
         self.host = ipaddress.ip_address(self.local[0].split("%")[0])
         self.family = sock.family
+        self.gso = gso       # UDP_SEGMENT sends work on this socket (until the kernel says no)
+        self.gro = gro       # UDP_GRO is on: a read may hold several datagrams
+
+
+def _set_buffer(sock: socket.socket, option: int, force: int, size: int) -> None:
+    """Set a socket buffer to `size`, past net.core.[rw]mem_max where the process may (root)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def _gso_supported(sock: socket.socket) -> bool:
+    """Whether the kernel knows UDP_SEGMENT (reading it back is harmless)."""
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
 
 
 def _family_of(addr: Address) -> int:
@@ -136,12 +186,15 @@ class UdpEndpoint:
     see `.ike_port`, `.nat_t_port`); None opens no socket of that kind.
     `mark`: SO_MARK on every socket (needs CAP_NET_ADMIN; skipped without), so policy routing
     can tell the tunnel's own datagrams from the traffic it carries.
+    `rcvbuf` / `sndbuf`: socket buffer sizes (default: the kernel's, ESP_BUFFER_BYTES on NAT-T
+    sockets).  `offload`: use UDP_SEGMENT and UDP_GRO on the NAT-T sockets where the kernel has
+    them (False: one system call per datagram, as before Linux 4.18).
     """
 
     def __init__(self, handler: UdpHandler, *, local_addresses: Sequence[str],
                  ike_port: int | None = IKE_PORT, nat_t_port: int | None = NAT_T_PORT,
                  max_batch: int = DEFAULT_MAX_BATCH, rcvbuf: int | None = None,
-                 sndbuf: int | None = None, mark: int | None = None):
+                 sndbuf: int | None = None, mark: int | None = None, offload: bool = True):
         if not local_addresses:
             raise LocalError("UdpEndpoint needs at least one local address (\"0.0.0.0\", \"::\", ...)")
         if ike_port is None and nat_t_port is None:
@@ -165,7 +218,8 @@ class UdpEndpoint:
                 if port is None:
                     continue
                 for host in local_addresses:
-                    bound = self._bind(kind, host, port, rcvbuf=rcvbuf, sndbuf=sndbuf, mark=mark)
+                    bound = self._bind(kind, host, port, rcvbuf=rcvbuf, sndbuf=sndbuf, mark=mark,
+                                       offload=offload)
                     port = bound.local[1]  # port 0: the others reuse the port the first one got
                     self._sockets.append(bound)
                     self._default.setdefault((kind, bound.family), bound)
@@ -179,7 +233,7 @@ class UdpEndpoint:
 
     @staticmethod
     def _bind(kind: SocketKind, host: str, port: int, *, rcvbuf: int | None,
-              sndbuf: int | None, mark: int | None = None) -> _BoundSocket:
+              sndbuf: int | None, mark: int | None = None, offload: bool = False) -> _BoundSocket:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
                                        flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE)
@@ -192,10 +246,21 @@ class UdpEndpoint:
             if family == socket.AF_INET6:
                 # Separate IPv4 sockets own the IPv4 side; a dual-stack socket would collide.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind is SocketKind.NAT_T:
+                rcvbuf = rcvbuf or ESP_BUFFER_BYTES
+                sndbuf = sndbuf or ESP_BUFFER_BYTES
             if rcvbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
             if sndbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+                _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, sndbuf)
+            gso = gro = False
+            if offload and kind is SocketKind.NAT_T:
+                gso = _gso_supported(sock)
+                try:
+                    sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                    gro = True
+                except OSError:
+                    log.debug("no UDP_GRO on %s socket %s: the kernel predates 5.0", kind.value, host)
             if mark is not None:
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
@@ -216,7 +281,7 @@ class UdpEndpoint:
         except BaseException:
             sock.close()
             raise
-        return _BoundSocket(sock, kind)
+        return _BoundSocket(sock, kind, gso=gso, gro=gro)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -279,6 +344,8 @@ class UdpEndpoint:
             handler.ike_received(bytes(view[:n]), addr, local=local, nat_t=False)
 
     def _drain_nat_t(self, bound: _BoundSocket) -> None:
+        if bound.gro:
+            return self._drain_nat_t_gro(bound)
         recv_into, buffer, view = bound.sock.recvfrom_into, self._buffer, self._view
         handler, local, stats = self.handler, bound.local, self.stats
         packets: list[bytes] = []
@@ -293,25 +360,74 @@ class UdpEndpoint:
                     stats.receive_errors += 1
                     log.debug("recvfrom on %s: %s", local, exc)
                     continue
-                if n <= _MARKER_LEN:
-                    if n == 1 and buffer[0] == _KEEPALIVE_BYTE:
-                        stats.keepalives_received += 1
-                    else:
-                        stats.malformed_received += 1
-                elif buffer.startswith(NON_ESP_MARKER):
-                    stats.ike_received += 1
-                    handler.ike_received(bytes(view[_MARKER_LEN:n]), addr, local=local, nat_t=True)
-                else:
-                    packets.append(bytes(view[:n]))
-                    addrs.append(addr)
+                self._sort_one(view, 0, n, addr, local, packets, addrs)
         finally:
             if packets:
                 stats.esp_received += len(packets)
                 handler.esp_received(packets, addrs, local=local)
 
+    def _drain_nat_t_gro(self, bound: _BoundSocket) -> None:
+        """The drain with UDP_GRO on: one read may hold a run of equal-size datagrams of one
+        sender, `size` bytes each (the last one may be shorter), the size in a control message."""
+        recvmsg_into, buffer, view = bound.sock.recvmsg_into, self._buffer, self._view
+        handler, local, stats = self.handler, bound.local, self.stats
+        max_batch, sort_one = self.max_batch, self._sort_one
+        packets: list[bytes] = []
+        addrs: list[Address] = []
+        try:
+            for _ in range(max_batch):
+                if len(packets) >= max_batch:
+                    break
+                try:
+                    n, ancdata, flags, addr = recvmsg_into((buffer,), _GRO_CMSG_SPACE)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    stats.receive_errors += 1
+                    log.debug("recvmsg on %s: %s", local, exc)
+                    continue
+                if flags & socket.MSG_TRUNC:
+                    stats.truncated_received += 1
+                    continue
+                size = 0
+                for level, kind, data in ancdata:
+                    if level == SOL_UDP and kind == UDP_GRO:
+                        size = (_INT if len(data) >= 4 else _U16).unpack_from(data)[0]
+                if size <= 0 or size >= n:
+                    sort_one(view, 0, n, addr, local, packets, addrs)
+                    continue
+                stats.gro_receives += 1
+                for start in range(0, n, size):
+                    sort_one(view, start, min(n, start + size), addr, local, packets, addrs)
+        finally:
+            if packets:
+                stats.esp_received += len(packets)
+                handler.esp_received(packets, addrs, local=local)
+
+    def _sort_one(self, view: memoryview, start: int, end: int, addr: Address, local: Address,
+                  packets: list[bytes], addrs: list[Address]) -> None:
+        """RFC 3948: one datagram of the NAT-T port (view[start:end]) is a keepalive, IKE behind
+        the marker, or ESP (appended to `packets`)."""
+        n = end - start
+        stats = self.stats
+        if n <= _MARKER_LEN:
+            if n == 1 and view[start] == _KEEPALIVE_BYTE:
+                stats.keepalives_received += 1
+            else:
+                stats.malformed_received += 1
+        elif view[start:start + _MARKER_LEN] == NON_ESP_MARKER:
+            stats.ike_received += 1
+            self.handler.ike_received(bytes(view[start + _MARKER_LEN:end]), addr, local=local, nat_t=True)
+        else:
+            packets.append(bytes(view[start:end]))
+            addrs.append(addr)
+
     # -- send ----------------------------------------------------------------------------
 
     def _socket_for(self, kind: SocketKind, addr: Address, local: str | None) -> socket.socket:
+        return self._bound_for(kind, addr, local).sock
+
+    def _bound_for(self, kind: SocketKind, addr: Address, local: str | None) -> _BoundSocket:
         family = _family_of(addr)
         if local is None:
             bound = self._default.get((kind, family))
@@ -323,7 +439,7 @@ class UdpEndpoint:
             raise LocalError(f"no {kind.value} socket for IPv{version} destination {addr[0]}"
                              + (f" on local address {local}" if local else "")
                              + ": add a local address of that family")
-        return bound.sock
+        return bound
 
     def _failed(self, exc: OSError, addr: Address) -> bool:
         if isinstance(exc, BlockingIOError):
@@ -362,10 +478,56 @@ class UdpEndpoint:
         self.stats.esp_sent += 1
         return True
 
-    def send_esp_batch(self, packets: Iterable[bytes], addr: Address, *,
+    def send_esp_batch(self, packets: Sequence[bytes], addr: Address, *,
                        local: str | None = None) -> int:
-        """Send ESP packets to one peer; returns how many the kernel took (the rest are counted)."""
-        sock = self._socket_for(SocketKind.NAT_T, addr, local)
+        """Send ESP packets to one peer; returns how many the kernel took (the rest are counted).
+        Runs of equal-size packets go out as one UDP_SEGMENT send where the socket can."""
+        bound = self._bound_for(SocketKind.NAT_T, addr, local)
+        if not bound.gso or len(packets) < 2:
+            return self._send_each(bound.sock, packets, addr)
+        sent = 0
+        i, count = 0, len(packets)
+        while i < count:
+            size = len(packets[i])
+            j, total = i + 1, size
+            # a run: packets of `size` bytes, the last one may be shorter (the kernel's rule)
+            limit = min(count, i + GSO_MAX_SEGMENTS)
+            while j < limit and total + size <= GSO_MAX_BYTES:
+                n = len(packets[j])
+                if n > size:
+                    break
+                total += n
+                j += 1
+                if n < size:
+                    break
+            if j - i == 1:
+                sent += self._send_each(bound.sock, packets[i:j], addr)
+                i = j
+                continue
+            try:
+                bound.sock.sendmsg((b"".join(packets[i:j]),), [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, addr)
+            except BlockingIOError as exc:
+                self.stats.send_dropped += j - i
+                log.debug("send to %s: %s", addr, exc)
+            except OSError as exc:
+                if exc.errno not in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    self._failed(exc, addr)
+                    self.stats.send_errors += j - i - 1
+                else:
+                    # the route's device cannot segment (or checksum) for us: one by one from now on
+                    log.debug("UDP_SEGMENT refused on %s (%s): sending datagrams one by one",
+                              bound.local, exc)
+                    bound.gso = False
+                    sent += self._send_each(bound.sock, packets[i:], addr)
+                    return sent
+            else:
+                sent += j - i
+                self.stats.esp_sent += j - i
+                self.stats.gso_sends += 1
+            i = j
+        return sent
+
+    def _send_each(self, sock: socket.socket, packets: Sequence[bytes], addr: Address) -> int:
         sendto = sock.sendto
         sent = 0
         for packet in packets:
