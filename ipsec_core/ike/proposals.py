@@ -176,7 +176,10 @@ def suite_of(proposal: Proposal) -> IkeSuite:
         raise ProposalError(f"unknown ENCR {encr_t.transform_id} or PRF {prf_t.transform_id}") from None
     integ = None
     if TransformType.INTEG in types and types[TransformType.INTEG][0].transform_id:
-        integ = INTEG_INFO.get(IntegId(types[TransformType.INTEG][0].transform_id))
+        integ_id = types[TransformType.INTEG][0].transform_id
+        if integ_id not in IntegId._value2member_map_ or IntegId(integ_id) not in INTEG_INFO:
+            raise ProposalError(f"unknown INTEG {integ_id}")
+        integ = INTEG_INFO[IntegId(integ_id)]
     bits = encr_t.key_length or (encr.key_bits[0] if encr.key_bits else 0)
     return IkeSuite(encr, bits, integ, prf, dh_t.transform_id)
 
