@@ -1,4 +1,4 @@
-"""The `gpu` backend (issue 6), checked without a GPU: the kernel source compiles for sm_90 with
+"""The `gpu` backend, checked without a GPU: the kernel source compiles for sm_90 with
 nvcc, and the same source, built as C++20 with kernels/host_shim.h (the CPU build), runs behind
 the real host code (numpy staging, SA slots, results) against the AES-GCM vectors, differential
 tests with another backend through real SAs and protect_batch/unprotect_batch, drops inside a

@@ -448,7 +448,7 @@ def test_registry_refuses_a_ke_feature_that_fails_its_quick_check():
 def test_quick_check_picks_a_few_small_cases_per_family():
     for family in list(PRF_FAMILIES) + list(KE_FAMILIES):
         cases = selftest._quick_cases(family, None)
-        assert 1 <= len(cases) <= 3, family
+        assert len(cases) in (1, 2, 3), family
         if family in KE_FAMILIES:
             assert [c.valid for c in cases] == [True, False], family
         assert selftest.quick_check(BACKENDS["reference"], Feature(family)) == [], family

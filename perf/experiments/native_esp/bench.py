@@ -1,4 +1,4 @@
-"""Experiment (issue 3): the native prototype `espnative` against the bare `cryptography` AEAD
+"""Experiment: the native prototype `espnative` against the bare `cryptography` AEAD
 loop and the project's own batch path, alternating batch by batch in one process (aesni,
 aes128gcm16, tunnel, batches of 256, 7 runs, medians).  Build first with ./build.sh.
 

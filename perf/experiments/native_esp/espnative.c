@@ -1,5 +1,5 @@
 /* Experiment, not part of ipsec-suite: ESP tunnel-mode AES-128-GCM (RFC 4106) batch seal/open
- * over IPv4 in C on OpenSSL EVP, to measure what native per-packet code would buy (issue 3).
+ * over IPv4 in C on OpenSSL EVP, to measure what native per-packet code would buy.
  * See README.md.  Built by build.sh into build/ (ignored by git). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
