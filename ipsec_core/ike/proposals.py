@@ -16,23 +16,13 @@ from ipsec_core.ike.constants import ProtocolId, TransformType
 from ipsec_core.ike.payloads import Proposal, Transform
 from ipsec_core.transforms.iana import (ENCR_INFO, INTEG_INFO, PRF_INFO, CipherKind, EncrId, EncrInfo,
                                         IntegId, IntegInfo, PrfId, PrfInfo)
+from ipsec_core.transforms.ike import _PRF_NAME
 from ipsec_core.transforms.ike import parse_ike_proposal as parse_keywords
 from ipsec_core.transforms.keywords import _INTEG_NAME, _encr_name, parse_esp
 
 #: ENCR transforms the IKE SA itself can run with: AEADs per RFC 5282 / RFC 7634, AES-CBC.
 IKE_ENCR = (EncrId.ENCR_AES_GCM_16, EncrId.ENCR_AES_GCM_12, EncrId.ENCR_AES_GCM_8,
             EncrId.ENCR_CHACHA20_POLY1305, EncrId.ENCR_AES_CBC)
-_PRF_OF_INTEG = {IntegId.AUTH_HMAC_SHA1_96: PrfId.PRF_HMAC_SHA1,
-                 IntegId.AUTH_HMAC_SHA2_256_128: PrfId.PRF_HMAC_SHA2_256,
-                 IntegId.AUTH_HMAC_SHA2_384_192: PrfId.PRF_HMAC_SHA2_384,
-                 IntegId.AUTH_HMAC_SHA2_512_256: PrfId.PRF_HMAC_SHA2_512,
-                 IntegId.AUTH_AES_XCBC_96: PrfId.PRF_AES128_XCBC,
-                 IntegId.AUTH_AES_CMAC_96: PrfId.PRF_AES128_CMAC}
-#: strongSwan's PRF keywords.
-PRF_KEYWORDS = {"prfsha1": PrfId.PRF_HMAC_SHA1, "prfsha256": PrfId.PRF_HMAC_SHA2_256,
-                "prfsha384": PrfId.PRF_HMAC_SHA2_384, "prfsha512": PrfId.PRF_HMAC_SHA2_512,
-                "prfaesxcbc": PrfId.PRF_AES128_XCBC, "prfaescmac": PrfId.PRF_AES128_CMAC}
-_PRF_NAME = {v: k for k, v in PRF_KEYWORDS.items()}
 
 
 @dataclass(frozen=True, slots=True)
