@@ -859,6 +859,582 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Fused ESP tunnel mode for an AEAD with an 8-byte IV (AES-GCM, ChaCha20-Poly1305)          */
+/*
+ * One call frames and seals (or checks and opens) a whole batch: the per-packet header fields
+ * the core would otherwise compute with a dozen numpy operations per batch are written here,
+ * from a template the core builds once per SA (outer IPv4/IPv6 header, UDP header for
+ * ESP-in-UDP, SPI; every field no packet changes).  The rules are those of
+ * ipsec_core.dataplane.esp.bulk, which stays the reference (and the path for every backend
+ * without these calls): a packet these rules do not cover ("odd") is never touched here, and
+ * the core hands it to the one-by-one engine.  tests/dataplane/test_batch_buffer.py and
+ * tests/crypto/test_ipsecmb.py check the bytes, verdicts, counters and replay window against
+ * one-by-one processing, and fuzz these entry points under AddressSanitizer.
+ *
+ * Template: outer (20 or 40) [+ 8 UDP] + 8 ESP header + 8 IV bytes; flags: FUSED_V6 (outer
+ * IPv6), FUSED_UDP (ESP in UDP), FUSED_ESN (64-bit sequence numbers in the AAD).
+ */
+#define FUSED_V6 1
+#define FUSED_UDP 2
+#define FUSED_ESN 4
+#define FUSED_MAX 65535
+
+typedef struct {
+    Py_buffer tmpl;
+    const uint8_t *t;
+    int flags, outer, udp, esp_at, head, block;
+    uint8_t salt[4];
+} fused_spec;
+
+static inline void put16(uint8_t *p, unsigned v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline unsigned get16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
+static inline void put32(uint8_t *p, uint32_t v) { put16(p, v >> 16); put16(p + 2, v & 0xFFFF); }
+static inline void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
+
+static int
+spec_get(PyObject *tmpl, int flags, PyObject *salt, int block, fused_spec *s)
+{
+    Py_buffer sv = {0};
+    memset(s, 0, sizeof *s);
+    if (flags & ~(FUSED_V6 | FUSED_UDP | FUSED_ESN)) {
+        PyErr_Format(PyExc_ValueError, "unknown flags 0x%x", flags);
+        return -1;
+    }
+    if (block < 1 || block > 255) {
+        PyErr_Format(PyExc_ValueError, "block must be 1..255 bytes, not %d", block);
+        return -1;
+    }
+    s->flags = flags;
+    s->block = block;
+    s->outer = flags & FUSED_V6 ? 40 : 20;
+    s->udp = flags & FUSED_UDP ? 8 : 0;
+    s->esp_at = s->outer + s->udp;
+    s->head = s->esp_at + 16;
+    if (PyObject_GetBuffer(salt, &sv, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (sv.len != 4) {
+        PyErr_Format(PyExc_ValueError, "salt must be 4 bytes, not %zd", sv.len);
+        PyBuffer_Release(&sv);
+        return -1;
+    }
+    memcpy(s->salt, sv.buf, 4);
+    PyBuffer_Release(&sv);
+    if (PyObject_GetBuffer(tmpl, &s->tmpl, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (s->tmpl.len != s->head) {
+        PyErr_Format(PyExc_ValueError, "template must be %d bytes for flags 0x%x, not %zd",
+                     s->head, flags, s->tmpl.len);
+        PyBuffer_Release(&s->tmpl);
+        return -1;
+    }
+    s->t = s->tmpl.buf;
+    return 0;
+}
+
+/* Pad bytes and the ESP length of an inner packet of `len` bytes. */
+static inline int64_t
+fused_pad(const fused_spec *s, int64_t len)
+{
+    return (s->block - (len + 2) % s->block) % s->block;
+}
+
+/* Whether the bulk path frames this inner packet itself (else: the engine): IPv4 whose header
+ * adds up, or IPv6; at least 8 bytes; the outer packet within 65535 bytes.  Fills tos, the
+ * outer DF bit and the next header. */
+static int
+fused_inner(const fused_spec *s, const uint8_t *p, int64_t len, int icv, int *tos, unsigned *df,
+            uint8_t *nh, int64_t *wire)
+{
+    if (len < 8 || len > FUSED_MAX)
+        return 0;
+    int v = p[0] >> 4;
+    if (v == 4) {
+        int64_t ihl = (int64_t)(p[0] & 15) * 4, tot = get16(p + 2);
+        if (len < 20 || ihl < 20 || tot < ihl || tot > len)
+            return 0;
+        *tos = p[1];
+        *df = (p[6] & 0x40) ? 0x4000 : 0;
+        *nh = 4;
+    } else if (v == 6) {
+        *tos = (p[0] & 15) << 4 | p[1] >> 4;
+        *df = 0;
+        *nh = 41;
+    } else {
+        return 0;
+    }
+    int64_t esp_len = 16 + len + fused_pad(s, len) + 2 + icv;
+    if ((s->flags & FUSED_V6 ? 0 : 20) + s->udp + esp_len > 0xFFFF)
+        return 0;
+    *wire = s->esp_at + esp_len;
+    return 1;
+}
+
+/* Frame and seal the inner packet already at h + head (len bytes): header, trailer, tag. */
+static void
+fused_seal_one(IMB_MGR *mgr, const AeadObject *a, const fused_spec *s, uint8_t *h, int64_t len,
+               int tos, unsigned df, uint8_t nh, uint64_t seq, unsigned ident)
+{
+    int64_t pad = fused_pad(s, len), icv = a->tag_bytes;
+    int64_t esp_len = 16 + len + pad + 2 + icv;
+    memcpy(h, s->t, (size_t)s->head);
+    if (s->flags & FUSED_V6) {
+        put32(h, (6u << 28) | ((uint32_t)tos << 20));
+        put16(h + 4, (unsigned)(s->udp + esp_len));
+    } else {
+        h[1] = (uint8_t)tos;
+        put16(h + 2, (unsigned)(20 + s->udp + esp_len));
+        put16(h + 4, ident);
+        put16(h + 6, df);
+        h[10] = h[11] = 0;
+        uint32_t sum = 0;
+        for (int k = 0; k < 20; k += 2)
+            sum += get16(h + k);
+        sum = (sum & 0xFFFF) + (sum >> 16);
+        sum = (sum & 0xFFFF) + (sum >> 16);
+        put16(h + 10, ~sum & 0xFFFF);
+    }
+    if (s->udp)
+        put16(h + s->outer + 4, (unsigned)(8 + esp_len));
+    uint8_t *esp = h + s->esp_at;
+    put32(esp + 4, (uint32_t)seq);
+    put64(esp + 8, seq);
+    uint8_t *pt = h + s->head;
+    for (int64_t k = 0; k < pad; k++)
+        pt[len + k] = (uint8_t)(k + 1);
+    pt[len + pad] = (uint8_t)pad;
+    pt[len + pad + 1] = nh;
+    uint8_t nonce[12], aad[12], tag[32];
+    memcpy(nonce, s->salt, 4);
+    memcpy(nonce + 4, esp + 8, 8);
+    uint64_t aad_len = 8;
+    if (s->flags & FUSED_ESN) {
+        memcpy(aad, esp, 4);
+        put64(aad + 4, seq);
+        aad_len = 12;
+    } else {
+        memcpy(aad, esp, 8);
+    }
+    aead_one(mgr, a, 1, nonce, pt, pt, (uint64_t)(len + pad + 2), aad, aad_len, tag);
+    memcpy(pt + len + pad + 2, tag, (size_t)icv);
+}
+
+/* Aead.esp_protect(packets, template, flags, salt, block, seq0, ident0)
+ *   -> (list of ESP packets, inner bytes), or the index of the first packet it leaves to the
+ *   engine (then nothing was computed).  Packet i gets sequence number seq0 + 1 + i and, in
+ *   an outer IPv4 header, ID (ident0 + 1 + i) mod 2^16. */
+static PyObject *
+aead_esp_protect(AeadObject *self, PyObject *args)
+{
+    PyObject *po, *to, *so, *out = NULL, *result = NULL;
+    int flags, block;
+    unsigned long long seq0;
+    unsigned int ident0;
+    fused_spec s = {0};
+    packet_views pv = {0};
+    int *tos = NULL;
+    if (!PyArg_ParseTuple(args, "O!OiOiKI:esp_protect", &PyList_Type, &po, &to, &flags, &so,
+                          &block, &seq0, &ident0))
+        return NULL;
+    if (self->key == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Aead not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL || spec_get(to, flags, so, block, &s) < 0)
+        return NULL;
+    if (get_views(po, &pv) < 0)
+        goto done;
+    Py_ssize_t n = pv.n;
+    if (seq0 > UINT64_MAX - (uint64_t)n - 1) {
+        PyErr_SetString(PyExc_ValueError, "sequence numbers would wrap");
+        goto done;
+    }
+    tos = PyMem_Malloc(n ? (size_t)n * 2 * sizeof(int) : 1);
+    if (tos == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    long long inner_bytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *p = pv.views[i].buf;
+        int64_t len = pv.views[i].len, wire;
+        unsigned df;
+        uint8_t nh;
+        if (!fused_inner(&s, p, len, self->tag_bytes, &tos[2 * i], &df, &nh, &wire)) {
+            result = PyLong_FromSsize_t(i);
+            goto done;
+        }
+        tos[2 * i + 1] = (int)(df | (unsigned)nh << 16);
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)wire);
+        if (b == NULL)
+            goto done;
+        PyList_SET_ITEM(out, i, b);
+        memcpy(PyBytes_AS_STRING(b) + s.head, p, (size_t)len);
+        inner_bytes += len;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *h = (uint8_t *)PyBytes_AS_STRING(PyList_GET_ITEM(out, i));
+        fused_seal_one(mgr, self, &s, h, pv.views[i].len, tos[2 * i], tos[2 * i + 1] & 0xFFFF,
+                       (uint8_t)(tos[2 * i + 1] >> 16), seq0 + 1 + (uint64_t)i,
+                       (ident0 + 1 + (unsigned)i) & 0xFFFF);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OL)", out, inner_bytes);
+done:
+    Py_XDECREF(out);
+    PyMem_Free(tos);
+    release_views(&pv);
+    PyBuffer_Release(&s.tmpl);
+    return result;
+}
+
+/* Aead.esp_protect_into(buf, offsets, lengths, template, flags, salt, block, seq0, ident0)
+ *   -> (int64 wire lengths, inner bytes), or the index of the first packet it leaves to the
+ *   engine (then nothing was written).  In place: packet i's header goes into the `head`
+ *   bytes before offsets[i], its trailer and tag after it; the ESP packet starts at
+ *   offsets[i] - head.  Every region is checked against the buffer first. */
+static PyObject *
+aead_esp_protect_into(AeadObject *self, PyObject *args)
+{
+    PyObject *bo, *oo, *lo, *to, *so, *wl = NULL, *result = NULL;
+    int flags, block;
+    unsigned long long seq0;
+    unsigned int ident0;
+    fused_spec s = {0};
+    Py_buffer buf = {0}, offs = {0}, lens = {0};
+    int *tos = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOiOiKI:esp_protect_into", &bo, &oo, &lo, &to, &flags, &so,
+                          &block, &seq0, &ident0))
+        return NULL;
+    if (self->key == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Aead not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL || spec_get(to, flags, so, block, &s) < 0)
+        return NULL;
+    Py_ssize_t n = -1;
+    if (PyObject_GetBuffer(bo, &buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        goto done;
+    if (get_i64(oo, &offs, &n, "offsets") < 0 || get_i64(lo, &lens, &n, "lengths") < 0)
+        goto done;
+    if (n > MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, n);
+        goto done;
+    }
+    if (check_regions(offs.buf, lens.buf, n, buf.len, -s.head, 0, 0, FUSED_MAX, "packet") < 0)
+        goto done;
+    if (seq0 > UINT64_MAX - (uint64_t)n - 1) {
+        PyErr_SetString(PyExc_ValueError, "sequence numbers would wrap");
+        goto done;
+    }
+    const int64_t *off = offs.buf, *len = lens.buf;
+    const uint8_t *base = buf.buf;
+    tos = PyMem_Malloc(n ? (size_t)n * 2 * sizeof(int) : 1);
+    wl = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (tos == NULL || wl == NULL) {
+        if (tos == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *w = (int64_t *)PyBytes_AS_STRING(wl);
+    long long inner_bytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned df;
+        uint8_t nh;
+        if (!fused_inner(&s, base + off[i], len[i], self->tag_bytes, &tos[2 * i], &df, &nh, &w[i])) {
+            result = PyLong_FromSsize_t(i);
+            goto done;
+        }
+        if ((uint64_t)off[i] - (uint64_t)s.head + (uint64_t)w[i] > (uint64_t)buf.len) {
+            PyErr_Format(PyExc_ValueError, "packet %zd: its %lld-byte ESP packet from byte %lld "
+                         "does not fit the %zd-byte buffer (too little room after it)", i,
+                         (long long)w[i], (long long)(off[i] - s.head), buf.len);
+            goto done;
+        }
+        tos[2 * i + 1] = (int)(df | (unsigned)nh << 16);
+        inner_bytes += len[i];
+    }
+    uint8_t *wb = buf.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        fused_seal_one(mgr, self, &s, wb + off[i] - s.head, len[i], tos[2 * i],
+                       tos[2 * i + 1] & 0xFFFF, (uint8_t)(tos[2 * i + 1] >> 16),
+                       seq0 + 1 + (uint64_t)i, (ident0 + 1 + (unsigned)i) & 0xFFFF);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(OL)", wl, inner_bytes);
+done:
+    Py_XDECREF(wl);
+    PyMem_Free(tos);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&s.tmpl);
+    return result;
+}
+
+/* The received packet's outer header, UDP port, SPI and length as the bulk path accepts them
+ * (anything else is odd: the engine decides). */
+static int
+fused_outer_ok(const fused_spec *s, const uint8_t *p, int64_t len, int64_t min_len)
+{
+    if (len < min_len || len > FUSED_MAX)
+        return 0;
+    if (s->flags & FUSED_V6) {
+        if (p[0] >> 4 != 6 || (int64_t)get16(p + 4) + 40 != len || p[6] != s->t[6])
+            return 0;
+    } else {
+        if (p[0] != 0x45 || (int64_t)get16(p + 2) != len || (get16(p + 6) & 0x3FFF)
+                || p[9] != s->t[9])
+            return 0;
+    }
+    if (s->udp && get16(p + s->outer + 2) != get16(s->t + s->outer + 2))
+        return 0;
+    return memcmp(p + s->esp_at, s->t + s->esp_at, 4) == 0;
+}
+
+/* The decrypted payload pt (ct bytes) as the bulk path accepts it: padding 1, 2, ... of at
+ * most 15 bytes, an IPv4 or IPv6 packet that fits, and an ECN pair that passes unchanged
+ * (RFC 6040 4.2); its inner length, or -1 (odd: the engine decides). */
+static int64_t
+fused_inner_ok(const uint8_t *outer, int v6, const uint8_t *pt, int64_t ct)
+{
+    if (ct < 2)
+        return -1;
+    int64_t pad = pt[ct - 2], body = ct - 2 - pad;
+    uint8_t nh = pt[ct - 1];
+    if (pad > 15 || body < 0)
+        return -1;
+    for (int64_t k = 0; k < pad; k++)
+        if (pt[body + k] != (uint8_t)(k + 1))
+            return -1;
+    int64_t inner;
+    int iecn;
+    if (nh == 4 && body >= 20 && pt[0] >> 4 == 4) {
+        int64_t ihl = (int64_t)(pt[0] & 15) * 4, tot = get16(pt + 2);
+        if (ihl < 20 || tot < ihl || tot > body)
+            return -1;
+        inner = tot;
+        iecn = pt[1] & 3;
+    } else if (nh == 41 && body >= 40 && pt[0] >> 4 == 6) {
+        inner = 40 + (int64_t)get16(pt + 4);
+        if (inner > body)
+            return -1;
+        iecn = (pt[1] >> 4) & 3;
+    } else {
+        return -1;
+    }
+    int oecn = v6 ? (outer[1] >> 4) & 3 : outer[1] & 3;
+    if ((oecn == 3 && iecn != 3) || (iecn == 2 && oecn == 1))
+        return -1;
+    return inner;
+}
+
+/* Aead.esp_unprotect(packets | buf, offsets, lengths, template, flags, salt, top, window,
+ *                    min_len)
+ *   -> (stop, codes, seqs, plain, inner_at, inner_len, accepted, inner_bytes, inners)
+ * From the first packet on, while each is one the bulk path covers and its sequence number
+ * is right of the window and of every packet accepted before it in this call: open it out of
+ * place into `plain` (the plaintexts back to back).  `stop` is the index of the first packet
+ * left to the engine (n when none is): nothing at or after it was opened.  For the `stop`
+ * packets before it: codes (1 byte each: 0 accepted, 1 the tag did not verify), seqs (int64,
+ * the full sequence number), inner_at / inner_len (int64: the inner packet in `plain`; length
+ * 0 where the tag failed).  With a list of packets (offsets and lengths None), `inners` is the
+ * list of accepted inner packets as bytes and None where the tag failed; else None.
+ * The caller moves the replay window over the accepted sequence numbers. */
+static PyObject *
+aead_esp_unprotect(AeadObject *self, PyObject *args)
+{
+    PyObject *src, *oo, *lo, *to, *so;
+    int flags;
+    unsigned long long top, window;
+    Py_ssize_t min_len;
+    fused_spec s = {0};
+    packet_views pv = {0};
+    Py_buffer buf = {0}, offs = {0}, lens = {0};
+    const uint8_t **ptr = NULL;
+    int64_t *plen = NULL;
+    PyObject *codes = NULL, *seqs = NULL, *plain = NULL, *iat = NULL, *ilen = NULL,
+             *inners = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOiOKKn:esp_unprotect", &src, &oo, &lo, &to, &flags, &so,
+                          &top, &window, &min_len))
+        return NULL;
+    if (self->key == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Aead not initialised");
+        return NULL;
+    }
+    IMB_MGR *mgr = get_mgr();
+    if (mgr == NULL || spec_get(to, flags, so, 4, &s) < 0)
+        return NULL;
+    if (top >= ((uint64_t)1 << 62) || window > ((uint64_t)1 << 31)) {
+        PyErr_Format(PyExc_ValueError, "top %llu / window %llu out of range", top, window);
+        goto done;
+    }
+    if (min_len < s.head + self->tag_bytes + 2 || min_len > FUSED_MAX) {
+        PyErr_Format(PyExc_ValueError, "min_len must be %d..%d, not %zd",
+                     s.head + self->tag_bytes + 2, FUSED_MAX, min_len);
+        goto done;
+    }
+    Py_ssize_t n = -1;
+    int listed = oo == Py_None;
+    if (listed) {
+        if (lo != Py_None || get_views(src, &pv) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "lengths must be None when offsets is");
+            goto done;
+        }
+        n = pv.n;
+    } else {
+        if (PyObject_GetBuffer(src, &buf, PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        if (get_i64(oo, &offs, &n, "offsets") < 0 || get_i64(lo, &lens, &n, "lengths") < 0)
+            goto done;
+        if (n > MAX_BATCH) {
+            PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd",
+                         MAX_BATCH, n);
+            goto done;
+        }
+        if (check_regions(offs.buf, lens.buf, n, buf.len, 0, 0, 0, INT64_MAX / 4, "packet") < 0)
+            goto done;
+    }
+    ptr = PyMem_Malloc(n ? (size_t)n * sizeof *ptr : 1);
+    plen = PyMem_Malloc(n ? (size_t)n * sizeof *plen : 1);
+    if (ptr == NULL || plen == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* the run of packets whose outer header is the bulk path's */
+    Py_ssize_t m = 0;
+    int64_t total = 0, icv = self->tag_bytes;
+    for (; m < n; m++) {
+        const uint8_t *p;
+        int64_t l;
+        if (listed) {
+            p = pv.views[m].buf;
+            l = pv.views[m].len;
+        } else {
+            p = (const uint8_t *)buf.buf + ((const int64_t *)offs.buf)[m];
+            l = ((const int64_t *)lens.buf)[m];
+        }
+        if (!fused_outer_ok(&s, p, l, min_len))
+            break;
+        if ((s.flags & FUSED_ESN) && get16(p + s.esp_at + 4) * 65536ULL + get16(p + s.esp_at + 6)
+                >= ((uint64_t)1 << 32) - window)
+            break;
+        ptr[m] = p;
+        plen[m] = l;
+        total += l - s.head - icv;
+    }
+    codes = PyBytes_FromStringAndSize(NULL, m);
+    seqs = PyBytes_FromStringAndSize(NULL, m * 8);
+    plain = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    iat = PyBytes_FromStringAndSize(NULL, m * 8);
+    ilen = PyBytes_FromStringAndSize(NULL, m * 8);
+    if (!codes || !seqs || !plain || !iat || !ilen)
+        goto done;
+    uint8_t *cd = (uint8_t *)PyBytes_AS_STRING(codes);
+    int64_t *sq = (int64_t *)PyBytes_AS_STRING(seqs), *ia = (int64_t *)PyBytes_AS_STRING(iat),
+            *il = (int64_t *)PyBytes_AS_STRING(ilen);
+    uint8_t *pl = (uint8_t *)PyBytes_AS_STRING(plain);
+    Py_ssize_t stop = m, accepted = 0;
+    long long inner_bytes = 0;
+    int v6 = s.flags & FUSED_V6, esn = s.flags & FUSED_ESN;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t running = top;
+    int64_t at = 0;
+    uint8_t nonce[12], aad[12], tag[32];
+    memcpy(nonce, s.salt, 4);
+    for (Py_ssize_t i = 0; i < m; i++) {
+        const uint8_t *p = ptr[i], *esp = p + s.esp_at;
+        uint64_t low = (uint64_t)get16(esp + 4) << 16 | get16(esp + 6);
+        uint64_t full = esn ? ((top >> 32) << 32) + low : low;
+        if (full <= running) {
+            stop = i;
+            break;
+        }
+        int64_t ct = plen[i] - s.head - icv;
+        memcpy(nonce + 4, esp + 8, 8);
+        uint64_t aad_len = 8;
+        if (esn) {
+            memcpy(aad, esp, 4);
+            put64(aad + 4, full);
+            aad_len = 12;
+        } else {
+            memcpy(aad, esp, 8);
+        }
+        aead_one(mgr, self, 0, nonce, p + s.head, pl + at, (uint64_t)ct, aad, aad_len, tag);
+        if (ct_diff(tag, p + s.head + ct, (size_t)icv)) {
+            cd[i] = 1;
+            il[i] = 0;
+        } else {
+            int64_t inner = fused_inner_ok(p, v6, pl + at, ct);
+            if (inner < 0) {
+                stop = i;
+                break;
+            }
+            cd[i] = 0;
+            il[i] = inner;
+            running = full;
+            accepted++;
+            inner_bytes += inner;
+        }
+        sq[i] = (int64_t)full;
+        ia[i] = at;
+        at += ct;
+    }
+    Py_END_ALLOW_THREADS
+    if (stop < m) {
+        if (_PyBytes_Resize(&codes, stop) < 0 || _PyBytes_Resize(&seqs, stop * 8) < 0
+                || _PyBytes_Resize(&iat, stop * 8) < 0 || _PyBytes_Resize(&ilen, stop * 8) < 0)
+            goto done;
+        cd = (uint8_t *)PyBytes_AS_STRING(codes);
+        ia = (int64_t *)PyBytes_AS_STRING(iat);
+        il = (int64_t *)PyBytes_AS_STRING(ilen);
+    }
+    if (listed) {
+        inners = PyList_New(stop);
+        if (inners == NULL)
+            goto done;
+        for (Py_ssize_t i = 0; i < stop; i++) {
+            PyObject *b;
+            if (cd[i]) {
+                b = Py_None;
+                Py_INCREF(b);
+            } else {
+                b = PyBytes_FromStringAndSize((const char *)pl + ia[i], (Py_ssize_t)il[i]);
+                if (b == NULL)
+                    goto done;
+            }
+            PyList_SET_ITEM(inners, i, b);
+        }
+    } else {
+        inners = Py_None;
+        Py_INCREF(inners);
+    }
+    result = Py_BuildValue("(nOOOOOnLO)", stop, codes, seqs, plain, iat, ilen, accepted,
+                           inner_bytes, inners);
+done:
+    Py_XDECREF(codes);
+    Py_XDECREF(seqs);
+    Py_XDECREF(plain);
+    Py_XDECREF(iat);
+    Py_XDECREF(ilen);
+    Py_XDECREF(inners);
+    PyMem_Free(ptr);
+    PyMem_Free(plen);
+    release_views(&pv);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&s.tmpl);
+    return result;
+}
+
 /* The batch objects carry peek and cut too, so the core reaches them through the object it
  * already holds (ipsec_core.dataplane.esp.bulk.EspFraming). */
 static PyObject *obj_peek(PyObject *s, PyObject *a) { return mod_peek(NULL, a); }
@@ -880,6 +1456,15 @@ static PyMethodDef aead_methods[] = {
      "esp_seal(packets, heads, head_len, nhs, block, nonces, aads) -> [framed, sealed bytes]"},
     {"esp_open", (PyCFunction)aead_esp_open, METH_VARARGS,
      "esp_open(packets, ct_at, ct_lengths, nonces, aads) -> (verdicts, plaintexts)"},
+    {"esp_protect", (PyCFunction)aead_esp_protect, METH_VARARGS,
+     "esp_protect(packets, template, flags, salt, block, seq0, ident0) -> (ESP packets, "
+     "inner bytes) | index of the first packet left to the engine"},
+    {"esp_protect_into", (PyCFunction)aead_esp_protect_into, METH_VARARGS,
+     "esp_protect_into(buf, offsets, lengths, template, flags, salt, block, seq0, ident0) -> "
+     "(wire lengths, inner bytes) | index of the first packet left to the engine"},
+    {"esp_unprotect", (PyCFunction)aead_esp_unprotect, METH_VARARGS,
+     "esp_unprotect(packets | buf, offsets, lengths, template, flags, salt, top, window, "
+     "min_len) -> (stop, codes, seqs, plain, inner_at, inner_len, accepted, inner_bytes, inners)"},
     {"peek", (PyCFunction)obj_peek, METH_VARARGS, "peek(packets, k): see the module's peek"},
     {"cut", (PyCFunction)obj_cut, METH_VARARGS, "cut(buf, offsets, lengths): see the module's cut"},
     {NULL}
@@ -1919,6 +2504,9 @@ PyInit__ipsecmb(void)
             return NULL;
         }
     }
+    PyModule_AddIntConstant(m, "FUSED_V6", FUSED_V6);
+    PyModule_AddIntConstant(m, "FUSED_UDP", FUSED_UDP);
+    PyModule_AddIntConstant(m, "FUSED_ESN", FUSED_ESN);
     PyModule_AddStringConstant(m, "IMB_VERSION", imb_get_version_str());
     PyModule_AddStringConstant(m, "IMB_HEADER_VERSION", IMB_VERSION_STR);
     struct { const char *n; int v; } k[] = {

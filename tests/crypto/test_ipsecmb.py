@@ -173,12 +173,69 @@ def fuzz_framing(m, rng, target, buf, offs, lens, n) -> int:
         calls.append(lambda: target.esp_open(packets, at, lens, rows, aads))
     else:
         calls.append(lambda: target.esp_open(packets, at, lens, rows))
+    if isinstance(target, m.Aead):
+        calls += fused_calls(m, rng, target, buf, offs, lens, packets)
     for call in calls:
         try:
             call()
         except (ValueError, TypeError, BufferError, OverflowError):
             refused += 1
     return refused
+
+
+def template(flags: int, rng=None) -> bytes:
+    """A fused-call template (outer header, [UDP], SPI, sequence number and IV room)."""
+    proto = 17 if flags & 2 else 50
+    if flags & 1:
+        outer = bytes((0x60, 0, 0, 0, 0, 0, proto, 64)) + bytes(15) + b"\1" + bytes(15) + b"\2"
+    else:
+        outer = bytes((0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2))
+    udp = bytes((0x11, 0x94, 0x11, 0x94, 0, 0, 0, 0)) if flags & 2 else b""
+    return outer + udp + b"\0\0\x42\x42" + bytes(12)
+
+
+def fused_calls(m, rng, aead, buf, offs, lens, packets) -> list:
+    """Hostile calls of the fused entry points (esp_protect, esp_protect_into, esp_unprotect),
+    half of them on ESP packets the call itself made and then damaged, so the opening path,
+    not only the argument checks, meets bad input."""
+    flags = rng.choice([0, 1, 2, 4, 5, 6, 7, 8, -1])
+    good = flags if 0 <= flags < 8 else 0
+    tmpl = template(good) if rng.random() < 0.8 else rng.randbytes(rng.choice([0, 36, 44, 56, 60]))
+    salt = rng.randbytes(rng.choice([4, 4, 4, 0, 3, 12]))
+    block = rng.choice([4, 4, 1, 16, 0, 256])
+    edge = [0, 1, (1 << 32) - 1, (1 << 62) - 1, 1 << 62, (1 << 64) - 1, 1 << 64, -1]
+    seq0, top = rng.choice(edge), rng.choice(edge)
+    window = rng.choice([0, 32, 64, 1024, 1 << 31, (1 << 31) + 1, -1])
+    min_len = rng.choice([0, 40, 60, 64, 70, 65535, 65536, -1])
+    inner = [bytes((0x45, 0)) + (20 + k).to_bytes(2, "big") + rng.randbytes(16 + k)
+             for k in rng.choices([0, 1, 40, 300], k=len(packets))] if rng.random() < 0.7 else packets
+    wire = []
+    try:
+        done = aead.esp_protect(inner, template(good), good, bytes(4), 4, 0, 0)
+        wire = done[0] if isinstance(done, tuple) else []
+    except (ValueError, TypeError, OverflowError):
+        pass
+    damaged = []
+    for w in wire:
+        w = bytearray(w)
+        if w and rng.random() < 0.5:
+            w[rng.randrange(len(w))] ^= 1 << rng.randrange(8)
+        if rng.random() < 0.2:
+            w = w[:rng.randrange(len(w) + 1)]
+        damaged.append(bytes(w))
+    joined = bytearray(b"".join(damaged))
+    starts = np.cumsum([0] + [len(d) for d in damaged[:-1]]).astype(np.int64) if damaged else offs
+    sizes = np.array([len(d) for d in damaged], np.int64) if damaged else lens
+    return [
+        lambda: aead.esp_protect(packets, tmpl, flags, salt, block, seq0, rng.choice([0, 65535, 1 << 32])),
+        lambda: aead.esp_protect_into(buf, offs, lens, tmpl, flags, salt, block, seq0, 1),
+        lambda: aead.esp_protect_into(joined, starts, sizes, template(good), good, bytes(4), 4, 0, 0),
+        lambda: aead.esp_unprotect(damaged or packets, None, None, template(good), good, bytes(4),
+                                   top, window, rng.choice([min_len, 60])),
+        lambda: aead.esp_unprotect(joined if damaged else buf, starts, sizes, tmpl, flags, salt,
+                                   top, window, min_len),
+        lambda: aead.esp_unprotect(buf, offs, None, tmpl, flags, salt, top, window, min_len),
+    ]
 
 
 @needs_ext
@@ -212,6 +269,49 @@ def test_esp_framing_matches_the_buffer_calls():
     lens, first = aead.peek(packets, 8)
     assert np.frombuffer(lens, np.int64).tolist() == [len(p) for p in packets]
     assert first == b"".join(p[:8] for p in packets)
+
+
+@needs_ext
+@pytest.mark.parametrize("flags", [0, 1, 2, 4, 5])
+def test_fused_calls_round_trip(flags):
+    """esp_protect, esp_protect_into and esp_unprotect agree with each other, stop at the first
+    packet they leave to the engine and report tag failures per packet."""
+    m = _ipsecmb
+    aead = m.Aead(m.GCM, bytes(range(16)), 16, ValueError)
+    tmpl = template(flags)
+    rng = random.Random(flags)
+    inner = [bytes((0x45, 0)) + (20 + k).to_bytes(2, "big") + rng.randbytes(16 + k)
+             for k in (0, 1, 2, 3, 100, 1380)]
+    wire, octets = aead.esp_protect(inner, tmpl, flags, b"salt", 4, 10, 7)
+    assert octets == sum(map(len, inner))
+    head = len(tmpl)
+    batch = bytearray()
+    offs = []
+    for p in inner:
+        offs.append(len(batch) + head)
+        batch += bytes(head) + p + bytes(24)
+    lens, octets2 = aead.esp_protect_into(batch, np.array(offs, np.int64),
+                                          np.array([len(p) for p in inner], np.int64),
+                                          tmpl, flags, b"salt", 4, 10, 7)
+    assert octets2 == octets
+    for k, (o, ln) in enumerate(zip(offs, np.frombuffer(lens, np.int64).tolist())):
+        assert batch[o - head:o - head + ln] == wire[k]
+    # packet 3 forged, packet 5 a replay of packet 1: stop there
+    mix = list(wire[:3]) + [wire[3][:-1] + bytes((wire[3][-1] ^ 1,)), wire[4], wire[1]]
+    stop, codes, seqs, plain, at, ln, accepted, nbytes, inners = aead.esp_unprotect(
+        mix, None, None, tmpl, flags, b"salt", 10, 64, head + 16 + 4)
+    assert stop == 5 and codes == bytes([0, 0, 0, 1, 0]) and accepted == 4
+    assert np.frombuffer(seqs, np.int64).tolist() == [11, 12, 13, 14, 15]
+    assert inners == [inner[0], inner[1], inner[2], None, inner[4]]
+    assert nbytes == sum(len(inner[k]) for k in (0, 1, 2, 4))
+    # a sequence number left of the window: nothing is opened
+    assert aead.esp_unprotect(mix, None, None, tmpl, flags, b"salt", 11, 64, head + 20)[0] == 0
+    # a packet for another SPI: the engine's
+    other = bytearray(wire[2])
+    other[head - 16] ^= 1
+    assert aead.esp_unprotect([wire[0], bytes(other)], None, None, tmpl, flags, b"salt", 0, 64, head + 20)[0] == 1
+    # a non-IP inner packet is left to the engine by esp_protect, with nothing computed
+    assert aead.esp_protect([inner[0], b"\x00" * 30], tmpl, flags, b"salt", 4, 0, 0) == 1
 
 
 @needs_ext

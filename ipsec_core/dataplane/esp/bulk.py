@@ -35,6 +35,8 @@ from ipsec_core.transforms.iana import CipherKind
 from ipsec_core.wire.ip import IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_UDP
 
 _PAD = bytes(range(1, 256))
+# The fused batch calls' flags (plugins/ipsecmb/_ipsecmb.c): outer IPv6, ESP in UDP, ESN.
+FUSED_V6, FUSED_UDP, FUSED_ESN = 1, 2, 4
 _SEQ32 = 1 << 32
 _INT64_SAFE = 1 << 62
 _U32 = struct.Struct("!I")
@@ -242,6 +244,16 @@ class _Bulk:
                                "offsets": [self.head_dt.fields[f][1] for f in self.head_dt.names],
                                "itemsize": self.head})
         self.spi_int = int.from_bytes(engine.spi_bytes, "big")
+        # A backend that frames a whole AEAD batch in one call (ipsecmb: `esp_protect`,
+        # `esp_protect_into`, `esp_unprotect`) gets the template and these rules' parameters;
+        # what it leaves (an odd packet) comes back here, to the numpy path and the engine.
+        self.fused = (self.aead and self.ivb == 8 and len(self.salt) == 4
+                      and hasattr(crypto, "esp_unprotect"))
+        if self.fused:
+            self.fused_tmpl = self.template.tobytes()
+            self.fused_flags = ((FUSED_V6 if engine.outer_v6 else 0) | (FUSED_UDP if engine.encap else 0)
+                                | (FUSED_ESN if engine.esn else 0))
+            self.fused_min = self.esp_at + self.min_esp
 
     # -- outbound --------------------------------------------------------------------------
     def protect_batch(self, packets, now):
@@ -250,6 +262,17 @@ class _Bulk:
         if n < MIN_BULK_BATCH:
             return engine.protect_batch_generic(packets, now)
         limit = 0xFFFFFFFFFFFFFFFF if engine.esn else 0xFFFFFFFF
+        if self.fused and sa.seq + n <= min(limit, _INT64_SAFE) and (
+                not sa._has_lifetime or _limits_allow(sa, n, 65535 * n)):
+            packets = packets if type(packets) is list else list(packets)
+            if sa._has_lifetime or sa.hard_expired:
+                check_lifetime_before_protect(sa, now)
+            done = self.crypto.esp_protect(packets, self.fused_tmpl, self.fused_flags, self.salt,
+                                           self.block, sa.seq, engine.ident)
+            if done.__class__ is tuple:
+                self._count_protected(n, done[1])
+                return done[0]
+            # a packet the fused rules leave to the engine: the numpy path sorts the batch
         if self.framing:
             packets = packets if type(packets) is list else list(packets)
             lens_b, first = self.crypto.peek(packets, 8)
@@ -291,6 +314,37 @@ class _Bulk:
                     exc.partial = out
                     raise
         return out
+
+    def _count_protected(self, n: int, octets: int) -> None:
+        sa, engine = self.sa, self.engine
+        sa.seq += n
+        if not engine.outer_v6:
+            engine.ident = (engine.ident + n) & 0xFFFF
+        sa.stats.packets += n
+        sa.stats.bytes += octets
+
+    def protect_packets(self, batch: PacketBatch, now) -> PacketBatch:
+        """`protect_batch` on a `PacketBatch`, in place where the backend frames batches
+        (each packet's header goes into its headroom, its trailer and ICV into its tailroom):
+        the result shares `batch.buf`.  Anything else goes through `protect_batch` and comes
+        back as a new batch."""
+        engine, sa = self.engine, self.sa
+        n = len(batch)
+        limit = 0xFFFFFFFFFFFFFFFF if engine.esn else 0xFFFFFFFF
+        if (self.fused and n and batch.headroom >= self.head
+                and batch.tailroom >= self.block + 1 + self.icv
+                and sa.seq + n <= min(limit, _INT64_SAFE)
+                and (not sa._has_lifetime or _limits_allow(sa, n, 65535 * n))):
+            if sa._has_lifetime or sa.hard_expired:
+                check_lifetime_before_protect(sa, now)
+            done = self.crypto.esp_protect_into(batch.buf, batch.offsets, batch.lengths,
+                                                self.fused_tmpl, self.fused_flags, self.salt,
+                                                self.block, sa.seq, engine.ident)
+            if done.__class__ is tuple:
+                self._count_protected(n, done[1])
+                return PacketBatch(batch.buf, batch.offsets - self.head,
+                                   np.frombuffer(done[0], np.int64))
+        return PacketBatch.from_packets(self.protect_batch(batch.packets(), now))
 
     def _protect_run(self, packets, lens, w):
         if self.framing:
@@ -459,6 +513,9 @@ class _Bulk:
             return engine.unprotect_batch_generic(packets, now)
         if (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now):
             return engine.unprotect_batch_generic(packets, now)
+        if self.fused and sa.replay.top < _INT64_SAFE:
+            packets = packets if type(packets) is list else list(packets)
+            return self._unprotect_fused(packets, None, None, now)[0]
         esp_at, hl = self.esp_at, self.head
         if self.framing_open:
             packets = packets if type(packets) is list else list(packets)
@@ -526,6 +583,88 @@ class _Bulk:
             done = end
         assert done == n
         return out
+
+    def _unprotect_fused(self, src, offsets, lengths, now):
+        """The fused call over `src` (a list of packets, or a buffer with `offsets` and
+        `lengths`), with the engine deciding each packet the call leaves and the call resumed
+        after it.  Returns (verdicts, parts): with a list, verdicts is the `unprotect_batch`
+        list; with a buffer, verdicts is None and parts lists, in order, (plain, inner_at,
+        inner_len, codes) per fused stretch and ("one", index, verdict) per engine packet."""
+        sa, crypto = self.sa, self.crypto
+        replay, stats = sa.replay, sa.stats
+        listed = offsets is None
+        n = len(src) if listed else len(offsets)
+        out: list | None = [] if listed else None
+        parts: list = []
+        i = 0
+        while i < n:
+            if replay.top >= _INT64_SAFE:
+                stop = i
+            else:
+                if listed:
+                    chunk = src[i:] if i else src
+                    res = crypto.esp_unprotect(chunk, None, None, self.fused_tmpl, self.fused_flags,
+                                               self.salt, replay.top, replay.size, self.fused_min)
+                else:
+                    res = crypto.esp_unprotect(src, offsets[i:], lengths[i:], self.fused_tmpl,
+                                               self.fused_flags, self.salt, replay.top, replay.size,
+                                               self.fused_min)
+                k, codes, seqs, plain, iat, ilen, accepted, octets, inners = res
+                if accepted:
+                    if accepted == k:
+                        _advance(replay, np.frombuffer(seqs, np.int64))
+                    else:
+                        ok = np.frombuffer(codes, np.uint8) == 0
+                        _advance(replay, np.frombuffer(seqs, np.int64)[ok])
+                    stats.packets += accepted
+                    stats.bytes += octets
+                if listed:
+                    if accepted < k:
+                        why = PacketDropped(DropReason.AUTH_FAILED, "AEAD tag mismatch")
+                        inners = [why if v is None else v for v in inners]
+                    out += inners
+                elif k:
+                    parts.append((plain, np.frombuffer(iat, np.int64), np.frombuffer(ilen, np.int64),
+                                  codes))
+                stop = i + k
+            if stop >= n:
+                break
+            if listed:
+                out.append(self._one(src[stop], now))
+            else:
+                o = int(offsets[stop])
+                parts.append(("one", stop, self._one(bytes(src[o:o + int(lengths[stop])]), now)))
+            i = stop + 1
+        return out, parts
+
+    def unprotect_packets(self, batch: PacketBatch, now):
+        """`unprotect_batch` on a `PacketBatch`: (a PacketBatch of the accepted inner packets,
+        in order, in a buffer of its own; the list of `PacketDropped` for the others).  Where
+        the backend frames batches no Python object is made per accepted packet."""
+        n = len(batch)
+        if not (self.fused and n >= MIN_BULK_BATCH and self.sa.replay.top < _INT64_SAFE):
+            return _split(self.unprotect_batch(batch.packets(), now))
+        sa = self.sa
+        if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n) or (
+                (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now)):
+            return _split(self.unprotect_batch(batch.packets(), now))
+        _, parts = self._unprotect_fused(batch.buf, batch.offsets, batch.lengths, now)
+        if len(parts) == 1 and parts[0][3].count(0) == len(parts[0][3]):
+            plain, iat, ilen, _ = parts[0]
+            return PacketBatch(plain, iat, ilen), []
+        inners, drops = [], []
+        why = PacketDropped(DropReason.AUTH_FAILED, "AEAD tag mismatch")
+        for part in parts:
+            if part[0] == "one":
+                (drops if part[2].__class__ is PacketDropped else inners).append(part[2])
+                continue
+            plain, iat, ilen, codes = part
+            for o, ln, c in zip(iat.tolist(), ilen.tolist(), codes):
+                if c:
+                    drops.append(why)
+                else:
+                    inners.append(plain[o:o + ln])
+        return PacketBatch.from_packets(inners), drops
 
     def _one(self, packet, now):
         try:
@@ -648,6 +787,13 @@ class _Bulk:
         stats.packets += accepted
         stats.bytes += octets
         return out
+
+
+def _split(verdicts):
+    """An `unprotect_batch` list -> (PacketBatch of the inner packets, list of drops)."""
+    drops = [v for v in verdicts if v.__class__ is PacketDropped]
+    inners = [v for v in verdicts if v.__class__ is not PacketDropped] if drops else verdicts
+    return PacketBatch.from_packets(inners), drops
 
 
 def _slices(data, offsets, lengths):

@@ -113,6 +113,12 @@ class EspEngine:
             self._fast_protect = bulk_protect
         if bulk_unprotect is not None and (native or self._fast_unprotect is None):
             self._fast_unprotect = bulk_unprotect
+        # The PacketBatch calls (`protect_packets` / `unprotect_packets`) of the bulk path, when
+        # it is the path this SA takes in that direction.
+        self._bulk_protect = getattr(self._fast_protect, "__self__", None) \
+            if getattr(self._fast_protect, "__func__", None) is getattr(bulk_protect, "__func__", 0) else None
+        self._bulk_unprotect = getattr(self._fast_unprotect, "__self__", None) \
+            if getattr(self._fast_unprotect, "__func__", None) is getattr(bulk_unprotect, "__func__", 0) else None
         # A backend that seals many packets per call (the GPU) gets whole batches.
         self._offload = self.aead is not None and hasattr(self.aead, "encrypt_batch")
         # A backend that frames whole ESP packets itself gets each batch first; a batch it
@@ -431,6 +437,21 @@ class EspEngine:
             return self._fast_unprotect(packets, now)
         return self.unprotect_batch_generic(packets, now)
 
+    def protect_packets(self, batch, now: float):
+        """`protect_batch` on a `PacketBatch` (see `SecurityAssociation.protect_packets`)."""
+        if self._bulk_protect is not None and self._framing is None and not self._offload:
+            return self._bulk_protect.protect_packets(batch, now)
+        from ipsec_core.dataplane.batch import PacketBatch
+        return PacketBatch.from_packets(self.protect_batch(batch.packets(), now))
+
+    def unprotect_packets(self, batch, now: float):
+        """`unprotect_batch` on a `PacketBatch`: (PacketBatch of the accepted inner packets,
+        list of PacketDropped)."""
+        if self._bulk_unprotect is not None and self._framing is None and not self._offload:
+            return self._bulk_unprotect.unprotect_packets(batch, now)
+        from ipsec_core.dataplane.esp.bulk import _split
+        return _split(self.unprotect_batch(batch.packets(), now))
+
     def protect_batch_generic(self, packets: list[bytes], now: float) -> list[bytes]:
         return protect_each(self.protect, packets, now)
 
@@ -447,6 +468,7 @@ class EspEngine:
         self._fast_protect = self._fast_unprotect = None
         self._offload = False
         self._framing = None
+        self._bulk_protect = self._bulk_unprotect = None
 
 
 def _fill_udp6_checksum(packet: bytes, udp_at: int) -> bytes:
