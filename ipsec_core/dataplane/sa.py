@@ -413,29 +413,36 @@ class SecurityAssociation:
                     drops[verdict.reason.value] += 1
         return out
 
-    def protect_packets(self, batch: "PacketBatch", *, now: float) -> "PacketBatch":
+    def protect_packets(self, batch: "PacketBatch", *, now: float,
+                        esp_only: bool = False) -> "PacketBatch":
         """`protect_batch` on a `PacketBatch`: the outer packets as a PacketBatch.  Where the
         backend frames whole batches (ipsecmb, AEAD, tunnel mode) they are written in place:
         each packet's header into the `headroom` before it and its trailer and ICV into the
         `tailroom` after it, so the result shares `batch.buf` (and the inner bytes are gone);
         give the batch a headroom of at least the outer, UDP and ESP headers and the IV, and a
         tailroom of the cipher block + 1 + ICV bytes (64 / 32 cover every proposal).
-        Anything else is protected through `protect_batch` into a new buffer."""
+        Anything else is protected through `protect_batch` into a new buffer.
+
+        `esp_only` (a tunnel-mode ESP-in-UDP SA): the results are the ESP packets alone, SPI
+        first, what a UDP socket sends (RFC 3948), and a headroom of 16 bytes is enough; with
+        packets laid out one ESP packet apart, the results lie back to back in `batch.buf`,
+        ready for one UDP_SEGMENT send."""
         if hasattr(self.engine, "protect_packets"):
-            return self.engine.protect_packets(batch, now)
+            return self.engine.protect_packets(batch, now, esp_only)
         from ipsec_core.dataplane.batch import PacketBatch
         return PacketBatch.from_packets(self.protect_batch(batch.packets(), now=now))
 
-    def unprotect_packets(self, batch: "PacketBatch", *,
-                          now: float) -> tuple["PacketBatch", list[PacketDropped]]:
+    def unprotect_packets(self, batch: "PacketBatch", *, now: float,
+                          esp_only: bool = False) -> tuple["PacketBatch", list[PacketDropped]]:
         """`unprotect_batch` on a `PacketBatch`: (the accepted inner packets, in order, as a
         PacketBatch with a buffer of its own; the `PacketDropped` of every other packet, also
         counted in `stats.drops`).  The state ends as after `unprotect_batch`.  With inbound
-        `selectors`, each accepted packet is also checked against them."""
+        `selectors`, each accepted packet is also checked against them.  `esp_only`: the
+        packets are ESP alone (SPI first), as a UDP socket receives them."""
         if not hasattr(self.engine, "unprotect_packets"):
             from ipsec_core.dataplane.esp.bulk import _split
             return _split(self.unprotect_batch(batch.packets(), now=now))
-        inners, drops = self.engine.unprotect_packets(batch, now)
+        inners, drops = self.engine.unprotect_packets(batch, now, esp_only)
         if self._inbound_selectors is not None and len(inners):
             from ipsec_core.dataplane.esp.bulk import _split
             more, extra = _split(self._check_selectors(inners.packets()))

@@ -873,17 +873,22 @@ done:
  * one-by-one processing, and fuzz these entry points under AddressSanitizer.
  *
  * Template: outer (20 or 40) [+ 8 UDP] + 8 ESP header + 8 IV bytes; flags: FUSED_V6 (outer
- * IPv6), FUSED_UDP (ESP in UDP), FUSED_ESN (64-bit sequence numbers in the AAD).
+ * IPv6), FUSED_UDP (ESP in UDP), FUSED_ESN (64-bit sequence numbers in the AAD), FUSED_BARE
+ * (the packets are the ESP part alone, SPI first, as a UDP socket sends and receives them:
+ * the template is the 16 ESP header and IV bytes, no outer header is written or checked, the
+ * outer ECN field counts as Not-ECT; V6 and UDP still give the size limit).
  */
 #define FUSED_V6 1
 #define FUSED_UDP 2
 #define FUSED_ESN 4
+#define FUSED_BARE 8      /* packets are ESP only (SPI first), as a UDP socket sends them */
 #define FUSED_MAX 65535
 
 typedef struct {
     Py_buffer tmpl;
     const uint8_t *t;
     int flags, outer, udp, esp_at, head, block;
+    int real_outer;       /* outer IP + UDP bytes of the packet on the wire (size limit) */
     uint8_t salt[4];
 } fused_spec;
 
@@ -897,7 +902,7 @@ spec_get(PyObject *tmpl, int flags, PyObject *salt, int block, fused_spec *s)
 {
     Py_buffer sv = {0};
     memset(s, 0, sizeof *s);
-    if (flags & ~(FUSED_V6 | FUSED_UDP | FUSED_ESN)) {
+    if (flags & ~(FUSED_V6 | FUSED_UDP | FUSED_ESN | FUSED_BARE)) {
         PyErr_Format(PyExc_ValueError, "unknown flags 0x%x", flags);
         return -1;
     }
@@ -909,6 +914,9 @@ spec_get(PyObject *tmpl, int flags, PyObject *salt, int block, fused_spec *s)
     s->block = block;
     s->outer = flags & FUSED_V6 ? 40 : 20;
     s->udp = flags & FUSED_UDP ? 8 : 0;
+    s->real_outer = (flags & FUSED_V6 ? 0 : 20) + s->udp;
+    if (flags & FUSED_BARE)
+        s->outer = s->udp = 0;
     s->esp_at = s->outer + s->udp;
     s->head = s->esp_at + 16;
     if (PyObject_GetBuffer(salt, &sv, PyBUF_SIMPLE) < 0)
@@ -964,7 +972,7 @@ fused_inner(const fused_spec *s, const uint8_t *p, int64_t len, int icv, int *to
         return 0;
     }
     int64_t esp_len = 16 + len + fused_pad(s, len) + 2 + icv;
-    if ((s->flags & FUSED_V6 ? 0 : 20) + s->udp + esp_len > 0xFFFF)
+    if (s->real_outer + esp_len > 0xFFFF)
         return 0;
     *wire = s->esp_at + esp_len;
     return 1;
@@ -978,7 +986,9 @@ fused_seal_one(IMB_MGR *mgr, const AeadObject *a, const fused_spec *s, uint8_t *
     int64_t pad = fused_pad(s, len), icv = a->tag_bytes;
     int64_t esp_len = 16 + len + pad + 2 + icv;
     memcpy(h, s->t, (size_t)s->head);
-    if (s->flags & FUSED_V6) {
+    if (s->flags & FUSED_BARE) {
+        ;
+    } else if (s->flags & FUSED_V6) {
         put32(h, (6u << 28) | ((uint32_t)tos << 20));
         put16(h + 4, (unsigned)(s->udp + esp_len));
     } else {
@@ -1185,7 +1195,9 @@ fused_outer_ok(const fused_spec *s, const uint8_t *p, int64_t len, int64_t min_l
 {
     if (len < min_len || len > FUSED_MAX)
         return 0;
-    if (s->flags & FUSED_V6) {
+    if (s->flags & FUSED_BARE) {
+        ;
+    } else if (s->flags & FUSED_V6) {
         if (p[0] >> 4 != 6 || (int64_t)get16(p + 4) + 40 != len || p[6] != s->t[6])
             return 0;
     } else {
@@ -1202,7 +1214,7 @@ fused_outer_ok(const fused_spec *s, const uint8_t *p, int64_t len, int64_t min_l
  * most 15 bytes, an IPv4 or IPv6 packet that fits, and an ECN pair that passes unchanged
  * (RFC 6040 4.2); its inner length, or -1 (odd: the engine decides). */
 static int64_t
-fused_inner_ok(const uint8_t *outer, int v6, const uint8_t *pt, int64_t ct)
+fused_inner_ok(const uint8_t *outer, int v6, const uint8_t *pt, int64_t ct)  /* outer NULL: Not-ECT */
 {
     if (ct < 2)
         return -1;
@@ -1229,7 +1241,7 @@ fused_inner_ok(const uint8_t *outer, int v6, const uint8_t *pt, int64_t ct)
     } else {
         return -1;
     }
-    int oecn = v6 ? (outer[1] >> 4) & 3 : outer[1] & 3;
+    int oecn = outer == NULL ? 0 : v6 ? (outer[1] >> 4) & 3 : outer[1] & 3;
     if ((oecn == 3 && iecn != 3) || (iecn == 2 && oecn == 1))
         return -1;
     return inner;
@@ -1343,7 +1355,7 @@ aead_esp_unprotect(AeadObject *self, PyObject *args)
     uint8_t *pl = (uint8_t *)PyBytes_AS_STRING(plain);
     Py_ssize_t stop = m, accepted = 0;
     long long inner_bytes = 0;
-    int v6 = s.flags & FUSED_V6, esn = s.flags & FUSED_ESN;
+    int v6 = s.flags & FUSED_V6, esn = s.flags & FUSED_ESN, bare = s.flags & FUSED_BARE;
     Py_BEGIN_ALLOW_THREADS
     uint64_t running = top;
     int64_t at = 0;
@@ -1372,7 +1384,7 @@ aead_esp_unprotect(AeadObject *self, PyObject *args)
             cd[i] = 1;
             il[i] = 0;
         } else {
-            int64_t inner = fused_inner_ok(p, v6, pl + at, ct);
+            int64_t inner = fused_inner_ok(bare ? NULL : p, v6, pl + at, ct);
             if (inner < 0) {
                 stop = i;
                 break;
@@ -2507,6 +2519,7 @@ PyInit__ipsecmb(void)
     PyModule_AddIntConstant(m, "FUSED_V6", FUSED_V6);
     PyModule_AddIntConstant(m, "FUSED_UDP", FUSED_UDP);
     PyModule_AddIntConstant(m, "FUSED_ESN", FUSED_ESN);
+    PyModule_AddIntConstant(m, "FUSED_BARE", FUSED_BARE);
     PyModule_AddStringConstant(m, "IMB_VERSION", imb_get_version_str());
     PyModule_AddStringConstant(m, "IMB_HEADER_VERSION", IMB_VERSION_STR);
     struct { const char *n; int v; } k[] = {

@@ -191,6 +191,8 @@ def template(flags: int, rng=None) -> bytes:
     else:
         outer = bytes((0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2))
     udp = bytes((0x11, 0x94, 0x11, 0x94, 0, 0, 0, 0)) if flags & 2 else b""
+    if flags & 8:                     # FUSED_BARE: the ESP part alone
+        outer = udp = b""
     return outer + udp + b"\0\0\x42\x42" + bytes(12)
 
 
@@ -198,8 +200,8 @@ def fused_calls(m, rng, aead, buf, offs, lens, packets) -> list:
     """Hostile calls of the fused entry points (esp_protect, esp_protect_into, esp_unprotect),
     half of them on ESP packets the call itself made and then damaged, so the opening path,
     not only the argument checks, meets bad input."""
-    flags = rng.choice([0, 1, 2, 4, 5, 6, 7, 8, -1])
-    good = flags if 0 <= flags < 8 else 0
+    flags = rng.choice([0, 1, 2, 4, 5, 6, 7, 8, 10, 15, 16, -1])
+    good = flags if 0 <= flags < 16 else 0
     tmpl = template(good) if rng.random() < 0.8 else rng.randbytes(rng.choice([0, 36, 44, 56, 60]))
     salt = rng.randbytes(rng.choice([4, 4, 4, 0, 3, 12]))
     block = rng.choice([4, 4, 1, 16, 0, 256])
@@ -272,7 +274,7 @@ def test_esp_framing_matches_the_buffer_calls():
 
 
 @needs_ext
-@pytest.mark.parametrize("flags", [0, 1, 2, 4, 5])
+@pytest.mark.parametrize("flags", [0, 1, 2, 4, 5, 10, 14])
 def test_fused_calls_round_trip(flags):
     """esp_protect, esp_protect_into and esp_unprotect agree with each other, stop at the first
     packet they leave to the engine and report tag failures per packet."""

@@ -275,3 +275,60 @@ def test_packet_batch_calls_check_inbound_selectors():
     assert inners.packets() == [v for v in ref if isinstance(v, bytes)]
     assert len(drops) == sum(isinstance(v, PacketDropped) for v in ref)
     assert a.stats.drops == b.stats.drops
+
+
+@pytest.mark.parametrize("proposal", ["aes128gcm16", "chacha20poly1305", "aes128-sha256"])
+@pytest.mark.parametrize("shape", [dict(outer=V4, encap=(4500, 4500)), dict(outer=V4, encap=(4500, 4500), esn=True),
+                                   dict(outer=V6, encap=(4500, 4500))], ids=["v4", "v4-esn", "v6"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_esp_only_calls_equal_one_by_one(backend, proposal, shape, monkeypatch):
+    """protect_packets / unprotect_packets with esp_only (ESP alone, SPI first, as a UDP socket
+    sends and receives it) give the one-by-one results without their outer IP and UDP
+    headers; laid out one ESP packet apart, the results lie back to back in the buffer."""
+    out_cfg, in_cfg = configs(proposal, backend=backend, **shape)
+    strip = (40 if shape["outer"] == V6 else 20) + 8
+    rng = random.Random(f"bare{backend}{proposal}{shape}")
+    packets = [inner(rng, i) for i in range(120)]
+    single, batched = (SecurityAssociation(out_cfg, now=0.0) for _ in range(2))
+    batched.engine.ident = single.engine.ident
+    monkeypatch.setattr(os, "urandom", _Stream())
+    one = [single.protect(p, now=0.0)[strip:] for p in packets]
+    monkeypatch.setattr(os, "urandom", _Stream())
+    many = []
+    for part in chunks(packets, (64, 33, 23)):
+        res = batched.protect_packets(PacketBatch.from_packets(part, headroom=16, tailroom=32),
+                                      now=0.0, esp_only=True)
+        many += res.packets()
+    monkeypatch.undo()
+    assert many == one
+    assert single.state() == batched.state()
+    # equal-size packets one ESP packet apart: the results are contiguous (one GSO send)
+    same = [packets[0][:20] + bytes(1380)] * 10
+    same = [bytes((0x45, 0)) + (1400).to_bytes(2, "big") + s[4:] for s in same]
+    wire_len = len(single.protect(same[0], now=0.0)) - strip
+    stride = wire_len
+    buf = bytearray(stride * len(same))
+    for k, p in enumerate(same):
+        buf[k * stride + 16:k * stride + 16 + len(p)] = p
+    offs = np.arange(len(same), dtype=np.int64) * stride + 16
+    res = batched.protect_packets(PacketBatch(buf, offs, np.full(len(same), 1400, np.int64), 16, stride - 1416),
+                                  now=0.0, esp_only=True)
+    if backend == "ipsecmb" and "sha" not in proposal and shape["outer"] == V4:
+        assert res.buf is buf and res.offsets.tolist() == list(range(0, stride * len(same), stride))
+        assert res.lengths.tolist() == [stride] * len(same)
+    # inbound: the damaged mix without outer headers
+    out = SecurityAssociation(out_cfg, now=0.0)
+    out.seq = single.seq
+    full = [single.engine.received_header(0)[:0] + w for w in one]
+    mix = [m[strip:] if len(m) > strip else m for m in damaged([bytes(strip) + w for w in full], rng, out)]
+    ref, sa = (SecurityAssociation(in_cfg, now=0.0) for _ in range(2))
+    expect = [v for v in _each(ref, [ref.engine.received_header(len(m)) + m for m in mix])]
+    got_inner, got_drops = [], []
+    for part in chunks(mix, (64, 9, 100)):
+        inners, drops = sa.unprotect_packets(PacketBatch.from_packets(part), now=0.0, esp_only=True)
+        got_inner += inners.packets()
+        got_drops += drops
+    assert got_inner == [v for v in expect if isinstance(v, bytes)]
+    assert [d.reason for d in got_drops] == [v.reason for v in expect if isinstance(v, PacketDropped)]
+    assert ref.state() == sa.state()
+    assert sum(isinstance(v, bytes) for v in expect) >= len(one) // 3

@@ -36,7 +36,7 @@ from ipsec_core.wire.ip import IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_
 
 _PAD = bytes(range(1, 256))
 # The fused batch calls' flags (plugins/ipsecmb/_ipsecmb.c): outer IPv6, ESP in UDP, ESN.
-FUSED_V6, FUSED_UDP, FUSED_ESN = 1, 2, 4
+FUSED_V6, FUSED_UDP, FUSED_ESN, FUSED_BARE = 1, 2, 4, 8
 _SEQ32 = 1 << 32
 _INT64_SAFE = 1 << 62
 _U32 = struct.Struct("!I")
@@ -254,6 +254,7 @@ class _Bulk:
             self.fused_flags = ((FUSED_V6 if engine.outer_v6 else 0) | (FUSED_UDP if engine.encap else 0)
                                 | (FUSED_ESN if engine.esn else 0))
             self.fused_min = self.esp_at + self.min_esp
+            self.bare_tmpl = self.fused_tmpl[self.esp_at:]
 
     # -- outbound --------------------------------------------------------------------------
     def protect_batch(self, packets, now):
@@ -323,28 +324,37 @@ class _Bulk:
         sa.stats.packets += n
         sa.stats.bytes += octets
 
-    def protect_packets(self, batch: PacketBatch, now) -> PacketBatch:
+    def protect_packets(self, batch: PacketBatch, now, esp_only: bool = False) -> PacketBatch:
         """`protect_batch` on a `PacketBatch`, in place where the backend frames batches
         (each packet's header goes into its headroom, its trailer and ICV into its tailroom):
         the result shares `batch.buf`.  Anything else goes through `protect_batch` and comes
-        back as a new batch."""
+        back as a new batch.  `esp_only`: the results are the ESP part alone (SPI first, what
+        a UDP socket sends), and only its 16 header and IV bytes go before each packet."""
         engine, sa = self.engine, self.sa
         n = len(batch)
         limit = 0xFFFFFFFFFFFFFFFF if engine.esn else 0xFFFFFFFF
-        if (self.fused and n and batch.headroom >= self.head
-                and batch.tailroom >= self.block + 1 + self.icv
+        head = 16 if esp_only else self.head
+        if (self.fused and n and batch.headroom >= head
+                and (batch.tailroom >= self.block + 1 + self.icv or (
+                    batch.tailroom >= 2 + self.icv and bool(
+                        (-(batch.lengths + 2) % self.block <= batch.tailroom - 2 - self.icv).all())))
                 and sa.seq + n <= min(limit, _INT64_SAFE)
                 and (not sa._has_lifetime or _limits_allow(sa, n, 65535 * n))):
             if sa._has_lifetime or sa.hard_expired:
                 check_lifetime_before_protect(sa, now)
-            done = self.crypto.esp_protect_into(batch.buf, batch.offsets, batch.lengths,
-                                                self.fused_tmpl, self.fused_flags, self.salt,
-                                                self.block, sa.seq, engine.ident)
+            done = self.crypto.esp_protect_into(
+                batch.buf, batch.offsets, batch.lengths,
+                self.bare_tmpl if esp_only else self.fused_tmpl,
+                self.fused_flags | (FUSED_BARE if esp_only else 0), self.salt, self.block, sa.seq,
+                engine.ident)
             if done.__class__ is tuple:
                 self._count_protected(n, done[1])
-                return PacketBatch(batch.buf, batch.offsets - self.head,
-                                   np.frombuffer(done[0], np.int64))
-        return PacketBatch.from_packets(self.protect_batch(batch.packets(), now))
+                return PacketBatch(batch.buf, batch.offsets - head, np.frombuffer(done[0], np.int64))
+        wire = self.protect_batch(batch.packets(), now)
+        if esp_only:
+            at = self.esp_at
+            wire = [w[at:] for w in wire]
+        return PacketBatch.from_packets(wire)
 
     def _protect_run(self, packets, lens, w):
         if self.framing:
@@ -584,7 +594,7 @@ class _Bulk:
         assert done == n
         return out
 
-    def _unprotect_fused(self, src, offsets, lengths, now):
+    def _unprotect_fused(self, src, offsets, lengths, now, bare: bool = False):
         """The fused call over `src` (a list of packets, or a buffer with `offsets` and
         `lengths`), with the engine deciding each packet the call leaves and the call resumed
         after it.  Returns (verdicts, parts): with a list, verdicts is the `unprotect_batch`
@@ -594,6 +604,8 @@ class _Bulk:
         replay, stats = sa.replay, sa.stats
         listed = offsets is None
         n = len(src) if listed else len(offsets)
+        tmpl, flags = (self.bare_tmpl, self.fused_flags | FUSED_BARE) if bare else (self.fused_tmpl, self.fused_flags)
+        min_len = self.min_esp if bare else self.fused_min
         out: list | None = [] if listed else None
         parts: list = []
         i = 0
@@ -603,12 +615,11 @@ class _Bulk:
             else:
                 if listed:
                     chunk = src[i:] if i else src
-                    res = crypto.esp_unprotect(chunk, None, None, self.fused_tmpl, self.fused_flags,
-                                               self.salt, replay.top, replay.size, self.fused_min)
+                    res = crypto.esp_unprotect(chunk, None, None, tmpl, flags, self.salt, replay.top,
+                                               replay.size, min_len)
                 else:
-                    res = crypto.esp_unprotect(src, offsets[i:], lengths[i:], self.fused_tmpl,
-                                               self.fused_flags, self.salt, replay.top, replay.size,
-                                               self.fused_min)
+                    res = crypto.esp_unprotect(src, offsets[i:], lengths[i:], tmpl, flags, self.salt,
+                                               replay.top, replay.size, min_len)
                 k, codes, seqs, plain, iat, ilen, accepted, octets, inners = res
                 if accepted:
                     if accepted == k:
@@ -630,25 +641,30 @@ class _Bulk:
             if stop >= n:
                 break
             if listed:
-                out.append(self._one(src[stop], now))
+                one = src[stop]
+                out.append(self._one(self.engine.received_header(len(one)) + one if bare else one, now))
             else:
                 o = int(offsets[stop])
-                parts.append(("one", stop, self._one(bytes(src[o:o + int(lengths[stop])]), now)))
+                one = bytes(src[o:o + int(lengths[stop])])
+                parts.append(("one", stop, self._one(self.engine.received_header(len(one)) + one if bare else one, now)))
             i = stop + 1
         return out, parts
 
-    def unprotect_packets(self, batch: PacketBatch, now):
+    def unprotect_packets(self, batch: PacketBatch, now, esp_only: bool = False):
         """`unprotect_batch` on a `PacketBatch`: (a PacketBatch of the accepted inner packets,
         in order, in a buffer of its own; the list of `PacketDropped` for the others).  Where
-        the backend frames batches no Python object is made per accepted packet."""
+        the backend frames batches no Python object is made per accepted packet.  `esp_only`:
+        the packets are the ESP part alone (SPI first, as a UDP socket receives them)."""
         n = len(batch)
-        if not (self.fused and n >= MIN_BULK_BATCH and self.sa.replay.top < _INT64_SAFE):
-            return _split(self.unprotect_batch(batch.packets(), now))
         sa = self.sa
-        if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n) or (
+        if not (self.fused and n >= MIN_BULK_BATCH and sa.replay.top < _INT64_SAFE) or (
+                sa._has_lifetime and not _limits_allow(sa, n, 65535 * n)) or (
                 (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now)):
-            return _split(self.unprotect_batch(batch.packets(), now))
-        _, parts = self._unprotect_fused(batch.buf, batch.offsets, batch.lengths, now)
+            packets = batch.packets()
+            if esp_only:
+                packets = [self.engine.received_header(len(p)) + p for p in packets]
+            return _split(self.unprotect_batch(packets, now))
+        _, parts = self._unprotect_fused(batch.buf, batch.offsets, batch.lengths, now, esp_only)
         if len(parts) == 1 and parts[0][3].count(0) == len(parts[0][3]):
             plain, iat, ilen, _ = parts[0]
             return PacketBatch(plain, iat, ilen), []

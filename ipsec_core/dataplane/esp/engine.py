@@ -437,20 +437,41 @@ class EspEngine:
             return self._fast_unprotect(packets, now)
         return self.unprotect_batch_generic(packets, now)
 
-    def protect_packets(self, batch, now: float):
+    def protect_packets(self, batch, now: float, esp_only: bool = False):
         """`protect_batch` on a `PacketBatch` (see `SecurityAssociation.protect_packets`)."""
+        if esp_only and not (self.tunnel and self.encap):
+            raise LocalError(f"SA {self.sa.name}: esp_only needs a tunnel-mode ESP-in-UDP SA")
         if self._bulk_protect is not None and self._framing is None and not self._offload:
-            return self._bulk_protect.protect_packets(batch, now)
+            return self._bulk_protect.protect_packets(batch, now, esp_only)
         from ipsec_core.dataplane.batch import PacketBatch
-        return PacketBatch.from_packets(self.protect_batch(batch.packets(), now))
+        wire = self.protect_batch(batch.packets(), now)
+        if esp_only:
+            at = (40 if self.outer_v6 else 20) + 8
+            wire = [w[at:] for w in wire]
+        return PacketBatch.from_packets(wire)
 
-    def unprotect_packets(self, batch, now: float):
+    def unprotect_packets(self, batch, now: float, esp_only: bool = False):
         """`unprotect_batch` on a `PacketBatch`: (PacketBatch of the accepted inner packets,
         list of PacketDropped)."""
+        if esp_only and not (self.tunnel and self.encap):
+            raise LocalError(f"SA {self.sa.name}: esp_only needs a tunnel-mode ESP-in-UDP SA")
         if self._bulk_unprotect is not None and self._framing is None and not self._offload:
-            return self._bulk_unprotect.unprotect_packets(batch, now)
+            return self._bulk_unprotect.unprotect_packets(batch, now, esp_only)
         from ipsec_core.dataplane.esp.bulk import _split
-        return _split(self.unprotect_batch(batch.packets(), now))
+        packets = batch.packets()
+        if esp_only:
+            packets = [self.received_header(len(p)) + p for p in packets]
+        return _split(self.unprotect_batch(packets, now))
+
+    def received_header(self, esp_len: int) -> bytes:
+        """The outer IP + UDP header an ESP-in-UDP packet of `esp_len` bytes had before a UDP
+        socket removed it (tunnel mode; ECN Not-ECT): what the engine checks."""
+        sport, dport = self.encap
+        if self.outer_v6:
+            return (struct.pack("!IHBB", 6 << 28, 8 + esp_len, IPPROTO_UDP, 64) + self.src + self.dst
+                    + struct.pack("!HHHH", sport, dport, 8 + esp_len, 0))
+        return (struct.pack("!BBHHHBBH", 0x45, 0, 28 + esp_len, 0, 0, 64, IPPROTO_UDP, 0) + self.src
+                + self.dst + struct.pack("!HHHH", sport, dport, 8 + esp_len, 0))
 
     def protect_batch_generic(self, packets: list[bytes], now: float) -> list[bytes]:
         return protect_each(self.protect, packets, now)
