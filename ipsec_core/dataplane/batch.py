@@ -83,4 +83,25 @@ def slices(data: bytes, offsets, lengths) -> list[bytes]:
     return list(map(data.__getitem__, map(slice, starts, ends)))
 
 
-__all__ = ["PacketBatch", "available", "slices"]
+def complete_checksums(packets, start: int, offset: int) -> list[bytes]:
+    """Checksum offload done in software (virtio NEEDS_CSUM, Linux CHECKSUM_PARTIAL): in each
+    packet the 16-bit field at `start + offset` holds the pseudo-header sum; the RFC 1071
+    checksum from `start` to the end (that field included) goes there.  UDP (offset 6) never
+    gets 0.  A packet too short for the field is left as it is."""
+    from ipsec_core.wire.ip import checksum
+
+    out = []
+    for p in packets:
+        if start < 0 or start + offset + 2 > len(p):
+            out.append(bytes(p))
+            continue
+        c = checksum(memoryview(p)[start:])
+        if c == 0 and offset == 6:
+            c = 0xFFFF
+        q = bytearray(p)
+        q[start + offset:start + offset + 2] = c.to_bytes(2, "big")
+        out.append(bytes(q))
+    return out
+
+
+__all__ = ["PacketBatch", "available", "complete_checksums", "slices"]

@@ -413,8 +413,8 @@ class SecurityAssociation:
                     drops[verdict.reason.value] += 1
         return out
 
-    def protect_packets(self, batch: "PacketBatch", *, now: float,
-                        esp_only: bool = False) -> "PacketBatch":
+    def protect_packets(self, batch: "PacketBatch", *, now: float, esp_only: bool = False,
+                        inner_csum: tuple[int, int] | None = None) -> "PacketBatch":
         """`protect_batch` on a `PacketBatch`: the outer packets as a PacketBatch.  Where the
         backend frames whole batches (ipsecmb, AEAD, tunnel mode) they are written in place:
         each packet's header into the `headroom` before it and its trailer and ICV into the
@@ -426,11 +426,18 @@ class SecurityAssociation:
         `esp_only` (a tunnel-mode ESP-in-UDP SA): the results are the ESP packets alone, SPI
         first, what a UDP socket sends (RFC 3948), and a headroom of 16 bytes is enough; with
         packets laid out one ESP packet apart, the results lie back to back in `batch.buf`,
-        ready for one UDP_SEGMENT send."""
+        ready for one UDP_SEGMENT send.
+
+        `inner_csum` (start, offset), checksum offload: each inner packet's 16-bit field at
+        `start + offset` holds its pseudo-header sum, and the RFC 1071 checksum from `start`
+        on is completed before it is protected (what a NIC does for a TSO segment)."""
         if hasattr(self.engine, "protect_packets"):
-            return self.engine.protect_packets(batch, now, esp_only)
-        from ipsec_core.dataplane.batch import PacketBatch
-        return PacketBatch.from_packets(self.protect_batch(batch.packets(), now=now))
+            return self.engine.protect_packets(batch, now, esp_only, inner_csum)
+        from ipsec_core.dataplane.batch import PacketBatch, complete_checksums
+        packets = batch.packets()
+        if inner_csum is not None:
+            packets = complete_checksums(packets, *inner_csum)
+        return PacketBatch.from_packets(self.protect_batch(packets, now=now))
 
     def unprotect_packets(self, batch: "PacketBatch", *, now: float,
                           esp_only: bool = False) -> tuple["PacketBatch", list[PacketDropped]]:

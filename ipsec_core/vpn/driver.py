@@ -242,6 +242,12 @@ class TunInterface:
     def read_batch(self, max_packets: int) -> list[bytes]:
         return self.tun.read_batch(max_packets)
 
+    def read_offloaded(self, max_packets: int) -> list:
+        return self.tun.read_offloaded(max_packets)
+
+    def write_packets(self, batch) -> int:
+        return self.tun.write_packets(batch)
+
     def write_batch(self, packets: list[bytes]) -> int:
         return self.tun.write_batch(packets)
 
@@ -399,6 +405,8 @@ class DriverStats:
     esp_received: int = 0
     keepalives_sent: int = 0
     icmp_too_big: int = 0        # ICMP / ICMPv6 "too big" written back into the inner interface
+    framed_in_place: int = 0     # TSO segments cut, protected and sent from one buffer
+    opened_in_runs: int = 0      # ESP datagrams of UDP_GRO reads unprotected as one batch
     drops: collections.Counter = field(default_factory=collections.Counter)
 
 
@@ -463,6 +471,11 @@ def _largest_inner(protected_len: Callable[..., int], mtu: int) -> int:
     while length > 0 and protected_len(b"\x45", length) > mtu:
         length -= 1
     return length
+
+
+# The bytes of an inner IPv4 packet `_admitted` compares across a batch: version/IHL, the
+# fragment fields, protocol, addresses and the four bytes after the header (`_flow_key`'s).
+_FLOW_COLUMNS = [0, 6, 7, 9, *range(12, 24)]
 
 
 def _flow_key(packet: bytes) -> bytes | None:
@@ -1268,15 +1281,90 @@ class Driver:
 
     def _inner_ready(self) -> None:
         now = self._loop.time()
+        offloaded = getattr(self.inner, "read_offloaded", None)
         for _ in range(INNER_BATCHES_PER_WAKEUP):
-            packets = self.inner.read_batch(self.max_batch)
-            if not packets:
+            if offloaded is None:
+                packets = self.inner.read_batch(self.max_batch)
+                if not packets:
+                    return
+                self.stats.inner_read += len(packets)
+                self.send_inner(packets, now=now)
+                if len(packets) < self.max_batch:
+                    return
+                continue
+            items = offloaded(self.max_batch)
+            if not items:
                 return
-            self.stats.inner_read += len(packets)
-            self.send_inner(packets, now=now)
-            if len(packets) < self.max_batch:
+            segments = 0
+            for item in items:
+                if item.__class__ is list:
+                    self.stats.inner_read += len(item)
+                    segments += len(item)
+                    self.send_inner(item, now=now)
+                else:
+                    segments += self._send_super(item, now)
+            if segments < self.max_batch:
                 return
         self._loop.call_soon(self._inner_ready)   # more may be waiting: after the sockets' turn
+
+    def _send_super(self, sup, now: float) -> int:
+        """A TCP super-packet from the TUN (TSO): cut straight into rows one ESP-in-UDP
+        datagram apart, protected in place with checksum offload (esp_only), sent from that
+        buffer in UDP_SEGMENT runs: no Python object per segment.  Where the CHILD SA or its
+        backend does not frame in place, the segments take `send_inner`.  Returns the number
+        of segments."""
+        from ipsec_core.dataplane.batch import PacketBatch, np
+
+        hdrs = sup.headers()
+        length = sup.segment_length()
+        child = None
+        try:
+            s = PacketSelector.from_packet(hdrs)
+        except PacketDropped:
+            s = None
+        if s is not None:
+            child = next((c for c in self.children if c.matches_out(s)), None)
+        if (child is None or child.strip is None
+                or (child.max_inner is not None and length > child.max_inner)):
+            rows, count, last = sup.rows()
+            packets = [row.tobytes() for row in rows[:count - 1]]
+            packets.append(rows[count - 1, :last].tobytes())
+            self.stats.inner_read += count
+            self.send_inner(packets, now=now)
+            return count
+        out = child.outbound
+        eng = out.engine
+        tail = (-(length + 2)) % eng.block + 2 + eng.icv_bytes
+        rows, count, last = sup.rows(head=16, tail=tail, partial=True)
+        self.stats.inner_read += count
+        stride = rows.shape[1]
+        buf = rows.reshape(-1)
+        offsets = np.arange(count, dtype=np.int64) * stride + 16
+        lengths = np.full(count, length, dtype=np.int64)
+        lengths[-1] = last
+        batch = PacketBatch(buf, offsets, lengths, 16, tail)
+        try:
+            res = out.protect_packets(batch, now=now, esp_only=True, inner_csum=(sup.ip, 16))
+        except Exception as exc:   # lifetime, sequence numbers
+            reason = getattr(getattr(exc, "reason", None), "value", None) or type(exc).__name__
+            self.stats.drops[reason] += count
+            log.debug("CHILD SA %s: %d packets not protected: %s", child.child, count, exc)
+            return count
+        if out.soft_expired or out.hard_expired:
+            self._lifetimes(out, now)
+        if res.buf is buf and (count == 1 or int(res.lengths[0]) == stride):
+            # in place, one ESP datagram per `stride` bytes from the start: one run
+            self.stats.framed_in_place += count
+            end = int(res.offsets[-1] + res.lengths[-1])
+            sent = self.udp.send_esp_run(memoryview(buf)[:end], int(res.lengths[0]), child.peer,
+                                         local=child.send_from)
+        else:
+            sent = self.udp.send_esp_batch(res.packets(), child.peer, local=child.send_from)
+        self.stats.esp_sent += sent
+        if sent < count:
+            self.stats.drops["send_failed"] += count - sent
+        self._last_sent[child.peer] = now
+        return count
 
     def send_inner(self, packets: list[bytes], *, now: float) -> None:
         """Protect cleartext packets with the CHILD SA whose selectors match, and send them."""
@@ -1364,6 +1452,111 @@ class Driver:
             self.inner.write_batch(icmps)
         return keep
 
+    def esp_runs_received(self, runs: list, *, local) -> None:
+        """UdpHandler: the UDP_GRO reads of one drain, each a run of ESP datagrams `size` bytes
+        apart in `data` (the last may be shorter).  Runs of one SPI (one sender's stream) are
+        unprotected together as one PacketBatch and written to the inner interface as one
+        (no Python object per packet where it takes PacketBatches); any other run takes
+        `esp_received`."""
+        from ipsec_core.dataplane.batch import PacketBatch, np
+
+        by_spi = self._by_spi
+        groups: dict[int, list] = {}
+        for data, size, addr in runs:
+            n = len(data)
+            spi = data[:4]
+            child = by_spi.get(int.from_bytes(spi, "big"))
+            if child is None or child.strip is None or any(
+                    data[k:k + 4] != spi for k in range(size, n, size)):
+                count = -(-n // size)
+                self.esp_received([data[k:k + size] for k in range(0, n, size)], [addr] * count,
+                                  local=local)
+                continue
+            groups.setdefault(int.from_bytes(spi, "big"), []).append((data, size))
+        if not groups:
+            return
+        now = self._loop.time()
+        drops = self.stats.drops
+        for spi, parts in groups.items():
+            child = by_spi[spi]
+            data = parts[0][0] if len(parts) == 1 else b"".join(d for d, _ in parts)
+            offs, lens, base = [], [], 0
+            for d, size in parts:
+                o = np.arange(base, base + len(d), size, dtype=np.int64)
+                ln = np.full(len(o), size, dtype=np.int64)
+                ln[-1] = base + len(d) - int(o[-1])
+                offs.append(o)
+                lens.append(ln)
+                base += len(d)
+            offsets = offs[0] if len(offs) == 1 else np.concatenate(offs)
+            lengths = lens[0] if len(lens) == 1 else np.concatenate(lens)
+            count = len(offsets)
+            self.stats.esp_received += count
+            self.stats.opened_in_runs += count
+            inners, drop_list = child.inbound.unprotect_packets(
+                PacketBatch(data, offsets, lengths), now=now, esp_only=True)
+            for drop in drop_list:
+                drops[drop.reason.value] += 1
+            if len(inners):
+                out = self._admitted(child, inners)
+                if out is inners and hasattr(self.inner, "write_packets"):
+                    self.stats.inner_written += self.inner.write_packets(inners)
+                elif out is not None and len(out):
+                    self.stats.inner_written += self.inner.write_batch(
+                        out.packets() if out is inners else out)
+                if self._traffic_received is not None:
+                    self._traffic_received(spi, now=now)
+            if child.inbound.soft_expired or child.inbound.hard_expired:
+                self._lifetimes(child.inbound, now)
+
+    def _admitted(self, child: ChildSa, inners):
+        """The packets of `inners` (a PacketBatch) inside the CHILD SA's selectors, the rest
+        counted as drops: `inners` itself when all are, else a list.  When every packet is
+        IPv4 without options or fragmentation, one check per flow (protocol, addresses, the
+        four bytes after the header: what a selector reads) with no object per packet; else
+        `_admit`, one check per flow over the packets as bytes."""
+        from ipsec_core.dataplane.batch import np
+
+        if int(inners.lengths.min()) >= 24:
+            keys = np.frombuffer(inners.buf, np.uint8)[inners.offsets[:, None] + _FLOW_COLUMNS]
+            if (keys[:, 0] == 0x45).all() and not (keys[:, 1] & 0x3F).any() and not keys[:, 2].any():
+                flows = keys[:, 3:]
+                if (flows == flows[0]).all():
+                    firsts = [0]
+                else:
+                    _, firsts = np.unique(np.ascontiguousarray(flows).view(f"V{flows.shape[1]}").ravel(),
+                                          return_index=True)
+                    firsts = firsts.tolist()
+                try:
+                    if all(child.admits(inners.packet(i)) for i in firsts):
+                        return inners
+                except PacketDropped:
+                    pass
+        return self._admit(child, inners.packets())
+
+    def _admit(self, child: ChildSa, packets: list[bytes]) -> list[bytes]:
+        """The inner packets inside the CHILD SA's selectors (RFC 4301 5.2), one check per flow;
+        the others counted as drops ("policy", or why they do not parse)."""
+        out = []
+        flows: dict[bytes, bool] = {}
+        drops = self.stats.drops
+        for packet in packets:
+            key = _flow_key(packet)
+            admitted = flows.get(key) if key is not None else None
+            if admitted is None:
+                try:
+                    admitted = child.admits(packet)
+                except PacketDropped as drop:
+                    drops[drop.reason.value] += 1
+                    continue
+                if key is not None:
+                    flows[key] = admitted
+            if admitted:
+                out.append(packet)
+            else:
+                drops["policy"] += 1
+        return out
+
     def esp_received(self, packets: list[bytes], addrs: list, *, local) -> None:
         """UdpHandler: ESP packets (SPI first) from one drain of a NAT-T socket."""
         now = self._loop.time()
@@ -1383,26 +1576,13 @@ class Driver:
             batch.append(child.in_header(len(packet)) + packet)
         for spi, batch in groups.items():
             child = by_spi[spi]
-            out = []
-            flows: dict[bytes, bool] = {}
+            inners = []
             for verdict in child.inbound.unprotect_batch(batch, now=now):
                 if verdict.__class__ is bytes:
-                    key = _flow_key(verdict)
-                    admitted = flows.get(key) if key is not None else None
-                    if admitted is None:
-                        try:
-                            admitted = child.admits(verdict)
-                        except PacketDropped as drop:
-                            drops[drop.reason.value] += 1
-                            continue
-                        if key is not None:
-                            flows[key] = admitted
-                    if admitted:
-                        out.append(verdict)
-                    else:
-                        drops["policy"] += 1
+                    inners.append(verdict)
                 else:
                     drops[verdict.reason.value] += 1
+            out = self._admit(child, inners)
             if out:
                 self.stats.inner_written += self.inner.write_batch(out)
                 if self._traffic_received is not None:

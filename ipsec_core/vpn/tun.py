@@ -64,6 +64,12 @@ try:
     import numpy as _np
 except ImportError:       # pragma: no cover - numpy is optional; without it no TSO reads
     _np = None
+if _np is not None:
+    # coalesce_batch: the IP header bytes neighbours must share (of a packet's first 128)
+    _V4_SAME = _np.zeros(128, bool)
+    _V4_SAME[[1, 8, 9, *range(12, 20)]] = True
+    _V6_SAME = _np.zeros(128, bool)
+    _V6_SAME[[0, 1, 2, 3, *range(7, 40)]] = True
 _U16 = struct.Struct("!H")
 
 IFNAMSIZ = 16
@@ -192,6 +198,46 @@ class TunDevice:
             return [p[VNET_HDR_BYTES:] for p in packets]
         return packets
 
+    def read_offloaded(self, max_packets: int = 64) -> list:
+        """`read_batch`, with the TCP super-packets (TSO) that cut as rows left whole, for a
+        caller that cuts them straight into its own buffer (`TcpSuper.rows`): a list, in read
+        order, of lists of packets and `TcpSuper`s.  Without `tso`, [read_batch()]."""
+        if not self.tso:
+            packets = self.read_batch(max_packets)
+            return [packets] if packets else []
+        raws: list[bytes] = []
+        read, fd, size = os.read, self._fd, MAX_PACKET_BYTES + VNET_HDR_BYTES
+        budget = max_packets * 1500
+        try:
+            while budget > 0:
+                raw = read(fd, size)
+                if not raw:
+                    break
+                raws.append(raw)
+                budget -= len(raw)
+        except BlockingIOError:
+            pass
+        self.packets_read += len(raws)
+        out: list = []
+        plain: list[bytes] = []
+        unpack = VNET_HDR.unpack_from
+        for raw in raws:
+            _, gso, _, mss, _, _ = unpack(raw)
+            gso &= ~VIRTIO_NET_HDR_GSO_ECN
+            if gso:
+                sup = TcpSuper.parse(raw, gso, mss)
+                if sup is not None and sup.even:
+                    if plain:
+                        out.append(self._segment(plain))
+                        plain = []
+                    self.super_packets_read += 1
+                    out.append(sup)
+                    continue
+            plain.append(raw)
+        if plain:
+            out.append(self._segment(plain))
+        return out
+
     def _segment(self, raw: list[bytes]) -> list[bytes]:
         """Reads with their virtio_net_hdr -> whole IP packets: super-packets cut into segments,
         partial checksums completed (see `segment_offloaded`)."""
@@ -225,6 +271,39 @@ class TunDevice:
                 self.write_errors += 1
                 continue
             written += 1
+        self.packets_written += written
+        return written
+
+    def write_packets(self, batch) -> int:
+        """`write_batch` for a `PacketBatch` (ipsec_core.dataplane.batch): with `vnet_hdr`,
+        runs of TCP segments of one flow are merged by `coalesce_batch` over the whole batch
+        at once, on the caller's thread, and only the ready writes go to the write thread."""
+        if not self.vnet_hdr or _np is None:
+            return self.write_batch(batch.packets())
+        writes = coalesce_batch(batch)
+        count = len(batch)
+        if self._writer is None or (self._queued == self._done and len(writes) <= 2):
+            return self._write_framed(writes)
+        if self._queued - self._done > WRITE_QUEUE_PACKETS:
+            self.write_dropped += count
+            return 0
+        self._queued += count
+        self._queue.put(_Framed(writes))
+        return count
+
+    def _write_framed(self, writes) -> int:
+        """Write (virtio_net_hdr + packet, segments) pairs; returns the segments written."""
+        write, fd = os.write, self._fd
+        written = 0
+        for data, count in writes:
+            try:
+                write(fd, data)
+            except OSError:
+                self.write_errors += count
+                continue
+            written += count
+            if count > 1:
+                self.coalesced_writes += 1
         self.packets_written += written
         return written
 
@@ -277,17 +356,24 @@ class TunDevice:
         # stack's receive path with it, and the GIL is released for it, so it overlaps with
         # the loop's reads and decryption on the other core.
         get, get_nowait = self._queue.get, self._queue.get_nowait
+        held = _NOTHING                               # taken from the queue, not yet handled
         while True:
-            batch = get()
+            batch, held = (get() if held is _NOTHING else held), _NOTHING
             if batch is None:
                 return
+            if batch.__class__ is _Framed:            # coalesced already (write_packets)
+                if self._fd < 0:
+                    return
+                self._write_framed(batch.writes)
+                self._done += sum(c for _, c in batch.writes)
+                continue
             while len(batch) < 256:                   # what else waits goes in the same pass
                 try:
                     more = get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
-                    self._queue.put(None)
+                if more is None or more.__class__ is _Framed:
+                    held = more                       # next, in its place
                     break
                 batch += more
             if self._fd < 0:
@@ -437,6 +523,171 @@ def coalesce_tcp(packets):
         i = j
 
 
+class _Framed:
+    """A write-thread queue item: writes coalesced already, (virtio_net_hdr + packet, segments)."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self, writes):
+        self.writes = writes
+
+
+_NOTHING = object()
+
+
+def coalesce_batch(batch) -> list[tuple[bytes, int]]:
+    """`coalesce_tcp` over a PacketBatch, vectorised: [(virtio_net_hdr + packet, segments)]
+    in order, runs of TCP segments of one flow merged into one GSO packet, every other packet
+    as it is.  The merge rules are `coalesce_tcp`'s, checked for all neighbours at once (a
+    little stricter: a segment after a shorter one starts a new run), the payloads of a run
+    of equally spaced segments copied in one step."""
+    np = _np
+    n = len(batch)
+    buf = batch.buf
+    u = np.frombuffer(buf, np.uint8)
+    offs, lens = batch.offsets, batch.lengths
+    if n < 2 or int(lens.min()) < 41:
+        return [(_PLAIN_HDR + p, 1) for p in batch.packets()]
+    # The first 128 bytes of every packet (zeros past a short one's end): room for the
+    # largest IPv6 + TCP header with options.
+    cols = np.arange(128)
+    idx = np.minimum(offs[:, None] + cols, len(u) - 1)
+    h = np.where(cols < lens[:, None], u[idx], 0)
+    v4 = h[:, 0] == 0x45
+    v6 = (h[:, 0] >> 4) == 6
+    ip = np.where(v4, 20, 40)
+    tot = (h[:, 2].astype(np.int64) << 8 | h[:, 3])
+    plen = (h[:, 4].astype(np.int64) << 8 | h[:, 5]) + 40
+    rows = np.arange(n)
+    th = lambda k: h[rows, ip + k]                        # noqa: E731 - byte k of the TCP header
+    doff = (th(12) >> 4).astype(np.int64) * 4
+    end = ip + doff
+    flags = th(13)
+    valid = (np.where(v4, (h[:, 9] == 6) & ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (tot == lens),
+                      v6 & (h[:, 6] == 6) & (plen == lens))
+             & (doff >= 20) & (end < lens) & ((flags & _TCP_ACK) != 0)
+             & ((flags & (0xFF ^ (_TCP_ACK | _TCP_PSH))) == 0))
+    pay = lens - end
+    seq = (th(4).astype(np.int64) << 24 | th(5).astype(np.int64) << 16 | th(6).astype(np.int64) << 8
+           | th(7))
+    # What must be equal in neighbours: IPv4 TOS, TTL, protocol, addresses; IPv6 the first 4
+    # and bytes 7..39; TCP ports, ACK number, header length, window, urgent pointer, options.
+    same_ip = np.where(v4[1:, None], _V4_SAME, _V6_SAME)
+    ip_eq = ((h[1:] == h[:-1]) | ~same_ip).all(axis=1)
+    tcp_mask = (cols[None, :] >= ip[1:, None]) & (cols[None, :] < end[1:, None])
+    rel = cols[None, :] - ip[1:, None]
+    tcp_var = (rel >= 4) & (rel < 8) | (rel == 13) | (rel == 16) | (rel == 17)
+    tcp_eq = ((h[1:] == h[:-1]) | ~(tcp_mask & ~tcp_var)).all(axis=1)
+    psh = (flags & _TCP_PSH) != 0
+    c0 = (valid[1:] & valid[:-1] & (v4[1:] == v4[:-1]) & (end[1:] == end[:-1]) & ip_eq & tcp_eq
+          & (seq[1:] == (seq[:-1] + pay[:-1]) & 0xFFFFFFFF) & ~psh[:-1] & (pay[1:] <= pay[:-1]))
+    short = np.zeros(n - 1, bool)
+    short[1:] = c0[:-1] & (pay[1:-1] < pay[:-2])
+    cont = c0 & ~short
+    starts = np.flatnonzero(~cont) + 1
+    bounds = [0, *starts.tolist(), n]
+    out: list[tuple[bytes, int]] = []
+    lens_l, offs_l, pay_l, end_l = lens.tolist(), offs.tolist(), pay.tolist(), end.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        while a < b:
+            if b - a == 1:
+                o = offs_l[a]
+                out.append((_PLAIN_HDR + bytes(buf[o:o + lens_l[a]]), 1))
+                a += 1
+                continue
+            e = end_l[a]
+            # at most 64 segments and 65535 bytes in one merged packet
+            k, total = a + 1, lens_l[a]
+            while k < b and k - a < COALESCE_MAX_SEGMENTS and total + pay_l[k] <= 65535:
+                total += pay_l[k]
+                k += 1
+            if k - a == 1:
+                o = offs_l[a]
+                out.append((_PLAIN_HDR + bytes(buf[o:o + lens_l[a]]), 1))
+                a += 1
+                continue
+            out.append(_merge_run(buf, u, offs_l, lens_l, pay_l, a, k, e, bool(v4[a]), total))
+            a = k
+    return out
+
+
+def _merge_run(buf, u, offs, lens, pay, a: int, b: int, end: int, v4: bool, total: int):
+    """Segments a..b-1 of a batch as one GSO write (see `coalesce_tcp`)."""
+    o = offs[a]
+    ip = 20 if v4 else 40
+    merged = bytearray(buf[o:o + end])
+    last = offs[b - 1]
+    merged[ip + 13] = buf[last + ip + 13]                  # PSH of the last segment
+    d = offs[a + 1] - o
+    mss = pay[a]
+    if b - a > 2 and all(offs[k + 1] - offs[k] == d for k in range(a, b - 2)) and d >= lens[a]:
+        body = u[o:o + (b - 1 - a) * d].reshape(b - 1 - a, d)[:, end:end + mss]
+        merged += body.tobytes()
+    else:
+        merged += b"".join(buf[offs[k] + end:offs[k] + lens[k]] for k in range(a, b - 1))
+    merged += buf[last + end:last + lens[b - 1]]
+    tcp_len = total - ip
+    if v4:
+        merged[2:4] = _U16.pack(total)
+        merged[10:12] = b"\0\0"
+        merged[10:12] = _U16.pack(~_fold(_sum16(merged[:20])) & 0xFFFF)
+        pseudo = _sum16(merged[12:20]) + 6 + tcp_len
+        gso = VIRTIO_NET_HDR_GSO_TCPV4
+    else:
+        merged[4:6] = _U16.pack(total - 40)
+        pseudo = _sum16(merged[8:40]) + 6 + tcp_len
+        gso = VIRTIO_NET_HDR_GSO_TCPV6
+    merged[ip + 16:ip + 18] = _U16.pack(_fold(pseudo))
+    return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, end, mss, ip, 16) + bytes(merged), b - a
+
+
+class TcpSuper:
+    """A TCP super-packet read from a TUN device with TSO on (virtio GSO_TCPV4 / TCPV6), not
+    cut yet: `p` the packet (a memoryview after the virtio_net_hdr), `ip` / `end` where its TCP
+    header and its payload start, `mss` the segment payload size, `v4`.  `even`: an even mss
+    and more than one segment, which `rows` cuts as numpy rows (else segment_offloaded's loop)."""
+
+    __slots__ = ("p", "ip", "end", "mss", "v4", "even")
+
+    def __init__(self, p: memoryview, ip: int, end: int, mss: int, v4: bool):
+        self.p, self.ip, self.end, self.mss, self.v4 = p, ip, end, mss, v4
+        self.even = not mss & 1 and len(p) - end > mss
+
+    @classmethod
+    def parse(cls, r: bytes, gso: int, mss: int) -> "TcpSuper | None":
+        """The super-packet of read `r` (virtio_net_hdr first; `gso` its type without the ECN
+        bit), or None when it is not TCP GSO with headers that add up (a bad read)."""
+        if gso not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6) or not mss:
+            return None
+        p = memoryview(r)[VNET_HDR_BYTES:]
+        v4 = gso == VIRTIO_NET_HDR_GSO_TCPV4
+        ip = (p[0] & 0x0F) * 4 if v4 else 40
+        if len(p) < ip + 20 or (p[0] >> 4) != (4 if v4 else 6) or (not v4 and p[6] != 6) or (v4 and p[9] != 6):
+            return None
+        end = ip + (p[ip + 12] >> 4) * 4
+        if end >= len(p):
+            return None
+        return cls(p, ip, end, mss, v4)
+
+    def headers(self) -> bytes:
+        """Its IP and TCP headers as one payload-less packet (for flow and selector lookups)."""
+        h = bytearray(self.p[:self.end])
+        if self.v4:
+            h[2:4] = self.end.to_bytes(2, "big")
+        else:
+            h[4:6] = (self.end - 40).to_bytes(2, "big")
+        return bytes(h)
+
+    def segment_length(self) -> int:
+        """The length of every segment but maybe the last."""
+        return self.end + self.mss
+
+    def rows(self, *, head: int = 0, tail: int = 0, partial: bool = False):
+        """`_segment_rows` of this super-packet (`even` ones only): (rows, count, last)."""
+        return _segment_rows(self.p, ip=self.ip, end=self.end, mss=self.mss, v4=self.v4,
+                             head=head, tail=tail, partial=partial)
+
+
 def segment_offloaded(raw: list[bytes]) -> tuple[list[bytes], int, int]:
     """Reads of a TUN device with TSO and checksum offload on (each a virtio_net_hdr, then a
     packet) -> (whole packets with valid checksums, super-packets cut, reads dropped).
@@ -469,22 +720,14 @@ def segment_offloaded(raw: list[bytes]) -> tuple[list[bytes], int, int]:
                 regions.append(packet[csum_start:])
             out.append(packet)
             continue
-        if gso not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6) or not gso_size:
-            errors += 1
-            continue
-        p = memoryview(r)[hdr:]
-        v4 = gso == VIRTIO_NET_HDR_GSO_TCPV4
-        ip = (p[0] & 0x0F) * 4 if v4 else 40
-        if len(p) < ip + 20 or (p[0] >> 4) != (4 if v4 else 6) or (not v4 and p[6] != 6) or (v4 and p[9] != 6):
-            errors += 1
-            continue
-        end = ip + (p[ip + 12] >> 4) * 4
-        payload = p[end:]
-        if end > len(p) or not payload:
+        sup = TcpSuper.parse(r, gso, gso_size)
+        if sup is None:
             errors += 1
             continue
         supers += 1
-        if not gso_size & 1 and len(payload) > gso_size:
+        p, ip, end, v4 = sup.p, sup.ip, sup.end, sup.v4
+        payload = p[end:]
+        if sup.even:
             out.extend(_segment_tcp(p, ip=ip, end=end, mss=gso_size, v4=v4))
             continue
         ip_head = bytearray(p[:ip])
@@ -564,60 +807,105 @@ def _region_sums(regions: list) -> list[int]:
 
 
 def _segment_tcp(p: memoryview, *, ip: int, end: int, mss: int, v4: bool) -> list[bytes]:
-    """`segment_offloaded`'s cut of one TCP super-packet with an even `mss`, as numpy rows: the
-    payload copied once into a (segments, header + mss) array, every per-segment field and both
-    checksums computed for all rows at once."""
+    """`segment_offloaded`'s cut of one TCP super-packet with an even `mss`: the segments of
+    `_segment_rows`, one bytes object each."""
+    rows, count, last = _segment_rows(p, ip=ip, end=end, mss=mss, v4=v4)
+    out = [row.tobytes() for row in rows[:count - 1]]
+    out.append(rows[count - 1, :last].tobytes())
+    return out
+
+
+def _segment_rows(p: memoryview, *, ip: int, end: int, mss: int, v4: bool, head: int = 0,
+                  tail: int = 0, partial: bool = False):
+    """The cut of one TCP super-packet with an even `mss` as numpy rows: (rows, count, last),
+    segment k in row k from column `head`, `head` bytes before it and `tail` after it (of
+    the row's own, for whoever frames it), the last segment `last` bytes long; the payload
+    copied once, every per-segment field and both checksums computed for all rows at once.
+    Segments: `gso_size` payload bytes each (the last may be shorter), each with its own IP
+    length (IPv4: ID + k and header checksum), sequence number, FIN and PSH only on the last,
+    CWR only on the first, and its TCP checksum; with `partial`, only the pseudo-header sum in
+    the TCP checksum field, for whoever completes it (checksum offload: the ESP framing
+    does, `SecurityAssociation.protect_packets(inner_csum=...)`)."""
     np = _np
-    head = np.frombuffer(p[:end], dtype=np.uint8).copy()
+    hdr = np.frombuffer(p[:end], dtype=np.uint8).copy()
     payload = np.frombuffer(p[end:], dtype=np.uint8)
     n = len(payload)
     full, rest = divmod(n, mss)
     count = full + (rest > 0)
     seq0 = int.from_bytes(p[ip + 4:ip + 8], "big")
     flags0 = p[ip + 13]
-    head[ip + 4:ip + 8] = 0
-    head[ip + 13] = 0
-    head[ip + 16:ip + 18] = 0
+    hdr[ip + 4:ip + 8] = 0
+    hdr[ip + 13] = 0
+    hdr[ip + 16:ip + 18] = 0
     if v4:
         ident0 = p[4] << 8 | p[5]
-        head[2:6] = 0
-        head[10:12] = 0
-    words = head.view(">u2").astype(np.uint64)
+        hdr[2:6] = 0
+        hdr[10:12] = 0
+    words = hdr.view(">u2").astype(np.uint64)
     tcp_base = int(words[ip // 2:].sum())
     addr_sum = int(words[6:10].sum()) if v4 else int(words[4:20].sum())
-    rows = np.empty((count, end + mss), dtype=np.uint8)
-    rows[:, :end] = head
-    rows[:full, end:] = payload[:full * mss].reshape(full, mss)
-    sums = np.empty(count, dtype=np.uint64)
-    sums[:full] = rows[:full, end:].view(">u2").sum(axis=1, dtype=np.uint64)
+    width = head + end + mss + tail
+    rows = np.empty((count, width), dtype=np.uint8)
+    h, e = head, head + end
+    rows[:, h:e] = hdr
+    body = payload[:full * mss].reshape(full, mss)
+    rows[:full, e:e + mss] = body
     lengths = np.full(count, mss, dtype=np.uint64)
     if rest:
-        rows[full, end:end + rest] = payload[full * mss:]
-        rows[full, end + rest:] = 0               # the zero pad of an odd last segment
-        sums[full] = rows[full, end:end + rest + (rest & 1)].view(">u2").sum(dtype=np.uint64)
+        rows[full, e:e + rest] = payload[full * mss:]
         lengths[full] = rest
+    tcp_len = (end - ip) + lengths
     k = np.arange(count, dtype=np.uint64)
     seqs = (seq0 + k * mss) & 0xFFFFFFFF
-    rows[:, ip + 4:ip + 8] = seqs.astype(">u4").view(np.uint8).reshape(count, 4)
+    rows[:, h + ip + 4:h + ip + 8] = seqs.astype(">u4").view(np.uint8).reshape(count, 4)
     flags = np.full(count, flags0 & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR) & 0xFF, dtype=np.uint64)
     flags[0] |= flags0 & _TCP_CWR
     flags[-1] |= flags0 & (_TCP_FIN | _TCP_PSH)
-    rows[:, ip + 13] = flags
-    tcp_len = (end - ip) + lengths
-    total = addr_sum + 6 + tcp_len + tcp_base + flags + (seqs >> 16) + (seqs & 0xFFFF) + sums
-    rows[:, ip + 16:ip + 18] = _fold_np(total).astype(">u2").view(np.uint8).reshape(count, 2)
+    rows[:, h + ip + 13] = flags
+    if partial:
+        pseudo = addr_sum + 6 + tcp_len
+        rows[:, h + ip + 16:h + ip + 18] = (~_fold_np(pseudo) & 0xFFFF).astype(">u2").view(np.uint8).reshape(count, 2)
+    else:
+        _tcp_checksums(rows, body, payload, h, e, ip, full, rest, mss, count, addr_sum, tcp_base,
+                       tcp_len, flags, seqs)
     if v4:
         idents = (ident0 + k) & 0xFFFF
-        rows[:, 2:4] = (ip + tcp_len).astype(">u2").view(np.uint8).reshape(count, 2)
-        rows[:, 4:6] = idents.astype(">u2").view(np.uint8).reshape(count, 2)
+        rows[:, h + 2:h + 4] = (ip + tcp_len).astype(">u2").view(np.uint8).reshape(count, 2)
+        rows[:, h + 4:h + 6] = idents.astype(">u2").view(np.uint8).reshape(count, 2)
         ip_base = int(words[:ip // 2].sum())
-        rows[:, 10:12] = _fold_np(ip_base + ip + tcp_len + idents).astype(">u2").view(np.uint8).reshape(count, 2)
+        rows[:, h + 10:h + 12] = _fold_np(ip_base + ip + tcp_len + idents).astype(">u2").view(np.uint8).reshape(count, 2)
     else:
-        rows[:, 4:6] = tcp_len.astype(">u2").view(np.uint8).reshape(count, 2)
-    out = [row.tobytes() for row in rows[:full]] if full else []
+        rows[:, h + 4:h + 6] = tcp_len.astype(">u2").view(np.uint8).reshape(count, 2)
+    return rows, count, end + (rest or mss)
+
+
+def _tcp_checksums(rows, body, payload, h, e, ip, full, rest, mss, count, addr_sum, tcp_base,
+                   tcp_len, flags, seqs) -> None:
+    """Every segment's TCP checksum into its row (see `_segment_rows`)."""
+    np = _np
+    sums = np.empty(count, dtype=np.uint64)
+    # The ones' complement sum is byte-order independent (RFC 1071 2(B)): sum native words,
+    # fold, swap the two bytes once.
+    if mss % 4 == 0:
+        sums[:full] = body.view("<u4").sum(axis=1, dtype=np.uint64)
+    else:
+        sums[:full] = body.view("<u2").sum(axis=1, dtype=np.uint64)
     if rest:
-        out.append(rows[full, :end + rest].tobytes())
-    return out
+        tail_bytes = np.zeros(rest + (rest & 1), dtype=np.uint8)   # an odd end padded with zero
+        tail_bytes[:rest] = payload[full * mss:]
+        sums[full] = tail_bytes.view("<u2").sum(dtype=np.uint64)
+    sums = _fold_le(sums)
+    total = addr_sum + 6 + tcp_len + tcp_base + flags + (seqs >> 16) + (seqs & 0xFFFF) + sums
+    rows[:, h + ip + 16:h + ip + 18] = _fold_np(total).astype(">u2").view(np.uint8).reshape(count, 2)
+
+
+def _fold_le(sums):
+    """Sums of little-endian words -> the same 16-bit ones' complement sums in network order
+    (not complemented)."""
+    sums = (sums & 0xFFFF) + (sums >> 16)
+    sums = (sums & 0xFFFF) + (sums >> 16)
+    sums = (sums & 0xFFFF) + (sums >> 16)
+    return ((sums & 0xFF) << 8) | (sums >> 8)
 
 
 def _fold_np(total):

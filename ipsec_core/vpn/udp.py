@@ -90,7 +90,12 @@ class UdpHandler(Protocol):
         """One IKE message, the non-ESP marker already removed (`nat_t` says which port)."""
 
     def esp_received(self, packets: list[bytes], addrs: list[Address], *, local: Address) -> None:
-        """ESP packets (SPI first) read in one drain of one NAT-T socket, with their senders."""
+        """ESP packets (SPI first) read in one drain of one NAT-T socket, with their senders.
+
+        A handler may also have `esp_runs_received(runs, *, local)`: then the UDP_GRO reads of
+        a drain whose datagrams are all ESP come to it whole, as (data, size, addr) runs,
+        `size` bytes per datagram (the last one may be shorter): no Python object per
+        datagram."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +377,8 @@ class UdpEndpoint:
         recvmsg_into, buffer, view = bound.sock.recvmsg_into, self._buffer, self._view
         handler, local, stats = self.handler, bound.local, self.stats
         max_batch, sort_one = self.max_batch, self._sort_one
+        runs_to = getattr(handler, "esp_runs_received", None)
+        runs: list = []
         packets: list[bytes] = []
         addrs: list[Address] = []
         try:
@@ -394,12 +401,28 @@ class UdpEndpoint:
                     if level == SOL_UDP and kind == UDP_GRO:
                         size = (_INT if len(data) >= 4 else _U16).unpack_from(data)[0]
                 if size <= 0 or size >= n:
-                    sort_one(view, 0, n, addr, local, packets, addrs)
+                    size = n or 1                           # one datagram (maybe empty)
+                else:
+                    stats.gro_receives += 1
+                if runs_to is not None and n > size and n - (n - 1) // size * size > _MARKER_LEN and all(
+                        view[k:k + _MARKER_LEN] != NON_ESP_MARKER for k in range(0, n, size)):
+                    # every datagram ESP (none a keepalive or IKE): the handler takes the run
+                    # in one buffer, with the drain's other runs (in order with the rest)
+                    if packets:
+                        stats.esp_received += len(packets)
+                        handler.esp_received(packets, addrs, local=local)
+                        packets, addrs = [], []
+                    stats.esp_received += -(-n // size)
+                    runs.append((bytes(view[:n]), size, addr))
                     continue
-                stats.gro_receives += 1
-                for start in range(0, n, size):
+                if runs:                                    # before what follows them
+                    runs_to(runs, local=local)
+                    runs = []
+                for start in range(0, n or 1, size):
                     sort_one(view, start, min(n, start + size), addr, local, packets, addrs)
         finally:
+            if runs:
+                runs_to(runs, local=local)
             if packets:
                 stats.esp_received += len(packets)
                 handler.esp_received(packets, addrs, local=local)
@@ -504,28 +527,61 @@ class UdpEndpoint:
                 sent += self._send_each(bound.sock, packets[i:j], addr)
                 i = j
                 continue
-            try:
-                bound.sock.sendmsg((b"".join(packets[i:j]),), [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, addr)
-            except BlockingIOError as exc:
-                self.stats.send_dropped += j - i
-                log.debug("send to %s: %s", addr, exc)
-            except OSError as exc:
-                if exc.errno not in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                    self._failed(exc, addr)
-                    self.stats.send_errors += j - i - 1
-                else:
-                    # the route's device cannot segment (or checksum) for us: one by one from now on
-                    log.debug("UDP_SEGMENT refused on %s (%s): sending datagrams one by one",
-                              bound.local, exc)
-                    bound.gso = False
-                    sent += self._send_each(bound.sock, packets[i:], addr)
-                    return sent
-            else:
-                sent += j - i
-                self.stats.esp_sent += j - i
-                self.stats.gso_sends += 1
+            done = self._send_gso(bound, b"".join(packets[i:j]), size, j - i, addr)
+            if done is None:
+                sent += self._send_each(bound.sock, packets[i:], addr)
+                return sent
+            sent += done
             i = j
         return sent
+
+    def send_esp_run(self, data, size: int, addr: Address, *, local: str | None = None) -> int:
+        """Send `data` (bytes-like) as ESP datagrams of `size` bytes each, the last one maybe
+        shorter: ESP packets laid back to back, as `SecurityAssociation.protect_packets`
+        leaves them (esp_only) in one buffer.  UDP_SEGMENT sends of up to 64 datagrams where
+        the socket can, else one send each; returns how many datagrams the kernel took."""
+        bound = self._bound_for(SocketKind.NAT_T, addr, local)
+        view = memoryview(data).cast("B")
+        total = len(view)
+        if size <= 0 or not total:
+            return 0
+        per = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+        sent = at = 0
+        while at < total:
+            end = min(total, at + per * size)
+            count = -(-(end - at) // size)
+            if bound.gso and count > 1:
+                done = self._send_gso(bound, view[at:end], size, count, addr)
+                if done is not None:
+                    sent += done
+                    at = end
+                    continue
+            sent += self._send_each(bound.sock, [view[k:min(k + size, total)]
+                                                 for k in range(at, end, size)], addr)
+            at = end
+        return sent
+
+    def _send_gso(self, bound: _BoundSocket, payload, size: int, count: int, addr: Address) -> int | None:
+        """One UDP_SEGMENT send of `count` datagrams; how many went (0 when the kernel dropped
+        them), or None when the route refuses segmentation (then `bound.gso` is off)."""
+        try:
+            bound.sock.sendmsg((payload,), [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, addr)
+        except BlockingIOError as exc:
+            self.stats.send_dropped += count
+            log.debug("send to %s: %s", addr, exc)
+            return 0
+        except OSError as exc:
+            if exc.errno not in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                self._failed(exc, addr)
+                self.stats.send_errors += count - 1
+                return 0
+            # the route's device cannot segment (or checksum) for us: one by one from now on
+            log.debug("UDP_SEGMENT refused on %s (%s): sending datagrams one by one", bound.local, exc)
+            bound.gso = False
+            return None
+        self.stats.esp_sent += count
+        self.stats.gso_sends += 1
+        return count
 
     def _send_each(self, sock: socket.socket, packets: Sequence[bytes], addr: Address) -> int:
         sendto = sock.sendto

@@ -978,6 +978,49 @@ fused_inner(const fused_spec *s, const uint8_t *p, int64_t len, int icv, int *to
     return 1;
 }
 
+/* RFC 1071 sum of len bytes in network order, folded to 16 bits (not complemented). */
+static unsigned
+csum16(const uint8_t *p, int64_t len)
+{
+    uint64_t sum = 0;
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {          /* native words: the sum is order independent */
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        sum += (w & 0xFFFFFFFFu) + (w >> 32);
+    }
+    for (; i + 2 <= len; i += 2) {
+        uint16_t w;
+        memcpy(&w, p + i, 2);
+        sum += w;
+    }
+    if (i < len) {                          /* the odd last byte, padded with a zero byte */
+        uint16_t w = 0;
+        memcpy(&w, p + i, 1);
+        sum += w;
+    }
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    uint16_t folded = (uint16_t)sum, net;
+    uint8_t b[2];
+    memcpy(b, &folded, 2);                  /* back to network order */
+    net = (uint16_t)(b[0] << 8 | b[1]);
+    return net;
+}
+
+/* Checksum offload (virtio NEEDS_CSUM, Linux CHECKSUM_PARTIAL): the field at start + offset
+ * holds the pseudo-header sum; the sum from `start` to the end goes there, complemented. */
+static void
+complete_csum(uint8_t *p, int64_t len, int64_t start, int64_t offset)
+{
+    if (start < 0 || start + offset + 2 > len)
+        return;
+    unsigned c = ~csum16(p + start, len - start) & 0xFFFF;
+    if (c == 0 && offset == 6)              /* UDP: zero means "no checksum" */
+        c = 0xFFFF;
+    put16(p + start + offset, c);
+}
+
 /* Frame and seal the inner packet already at h + head (len bytes): header, trailer, tag. */
 static void
 fused_seal_one(IMB_MGR *mgr, const AeadObject *a, const fused_spec *s, uint8_t *h, int64_t len,
@@ -1103,11 +1146,14 @@ done:
     return result;
 }
 
-/* Aead.esp_protect_into(buf, offsets, lengths, template, flags, salt, block, seq0, ident0)
+/* Aead.esp_protect_into(buf, offsets, lengths, template, flags, salt, block, seq0, ident0
+ *                       [, csum_start, csum_offset])
  *   -> (int64 wire lengths, inner bytes), or the index of the first packet it leaves to the
  *   engine (then nothing was written).  In place: packet i's header goes into the `head`
  *   bytes before offsets[i], its trailer and tag after it; the ESP packet starts at
- *   offsets[i] - head.  Every region is checked against the buffer first. */
+ *   offsets[i] - head.  Every region is checked against the buffer first.  With csum_start
+ *   >= 0, each inner packet's checksum is completed first (checksum offload, as a NIC does
+ *   with TSO: the field at csum_start + csum_offset holds the pseudo-header sum). */
 static PyObject *
 aead_esp_protect_into(AeadObject *self, PyObject *args)
 {
@@ -1115,12 +1161,17 @@ aead_esp_protect_into(AeadObject *self, PyObject *args)
     int flags, block;
     unsigned long long seq0;
     unsigned int ident0;
+    Py_ssize_t cs_start = -1, cs_off = 0;
     fused_spec s = {0};
     Py_buffer buf = {0}, offs = {0}, lens = {0};
     int *tos = NULL;
-    if (!PyArg_ParseTuple(args, "OOOOiOiKI:esp_protect_into", &bo, &oo, &lo, &to, &flags, &so,
-                          &block, &seq0, &ident0))
+    if (!PyArg_ParseTuple(args, "OOOOiOiKI|nn:esp_protect_into", &bo, &oo, &lo, &to, &flags, &so,
+                          &block, &seq0, &ident0, &cs_start, &cs_off))
         return NULL;
+    if (cs_start > FUSED_MAX || cs_off < 0 || cs_off > 64) {
+        PyErr_Format(PyExc_ValueError, "checksum at %zd + %zd is out of range", cs_start, cs_off);
+        return NULL;
+    }
     if (self->key == NULL) {
         PyErr_SetString(PyExc_ValueError, "Aead not initialised");
         return NULL;
@@ -1172,10 +1223,13 @@ aead_esp_protect_into(AeadObject *self, PyObject *args)
     }
     uint8_t *wb = buf.buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (cs_start >= 0)
+            complete_csum(wb + off[i], len[i], cs_start, cs_off);
         fused_seal_one(mgr, self, &s, wb + off[i] - s.head, len[i], tos[2 * i],
                        tos[2 * i + 1] & 0xFFFF, (uint8_t)(tos[2 * i + 1] >> 16),
                        seq0 + 1 + (uint64_t)i, (ident0 + 1 + (unsigned)i) & 0xFFFF);
+    }
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("(OL)", wl, inner_bytes);
 done:

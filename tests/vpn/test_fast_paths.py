@@ -193,6 +193,9 @@ def test_tcp_stream_through_the_fast_paths_is_byte_exact(netns_pair):
         assert b.call(lambda: b.driver.inner.tun.coalesced_writes) > 0
         tun_a = a.call(lambda: a.driver.inner.tun)
         assert tun_a.super_packets_read > 0 and tun_a.read_errors == 0
+        if a.call(lambda: a.driver.children[0].outbound.engine.backend_names).startswith("ipsecmb"):
+            assert a.call(lambda: a.driver.stats.framed_in_place) > 0     # cut, sealed, sent in place
+        assert b.call(lambda: b.driver.stats.opened_in_runs) > 0           # GRO reads as one batch
         assert not set(a.driver.stats.drops) - {"no_policy"} and not set(b.driver.stats.drops) - {"no_policy"}
     finally:
         if server is not None and server.poll() is None:
@@ -309,3 +312,64 @@ def test_write_thread_keeps_order_and_counts(netns, vnet_hdr):
         tun.close()
         sock.close()
     assert tun.closed
+
+
+@pytest.mark.parametrize("v", [4, 6])
+@pytest.mark.parametrize("mss,size", [(1386, 20000), (536, 64000), (1000, 2001), (1388, 1389)])
+def test_super_packet_rows_with_checksum_offload(v, mss, size):
+    """TcpSuper.rows with room around each segment and `partial` checksums, completed the way
+    the ESP framing completes them (complete_checksums), gives segment_offloaded's segments."""
+    from ipsec_core.dataplane.batch import complete_checksums
+    from ipsec_core.vpn.tun import TcpSuper, segment_offloaded
+
+    data = bytes((i * 11 + 5) & 0xFF for i in range(size))
+    read = offloaded(segment(v=v, seq=77, payload=data, flags=ACK | PSH, ident=3), v=v, mss=mss)
+    want, _, _ = segment_offloaded([read])
+    gso = VIRTIO_NET_HDR_GSO_TCPV4 if v == 4 else VIRTIO_NET_HDR_GSO_TCPV6
+    sup = TcpSuper.parse(read, gso, mss)
+    assert sup.even and sup.segment_length() == len(want[0])
+    rows, count, last = sup.rows(head=16, tail=7, partial=True)
+    assert rows.shape == (len(want), 16 + sup.segment_length() + 7) and count == len(want)
+    got = [row[16:16 + sup.segment_length()].tobytes() for row in rows[:-1]] + [rows[-1, 16:16 + last].tobytes()]
+    assert got != want                                        # the checksums are partial
+    assert complete_checksums(got, sup.ip, 16) == want
+    headers = sup.headers()
+    assert headers[:sup.ip] != want[0][:sup.ip] or v == 6    # a payload-less packet
+    assert len(headers) == sup.end
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_coalesce_batch_writes_are_coalesce_tcp_runs(seed):
+    """coalesce_batch (vectorised, over a PacketBatch) covers every packet once, in order, and
+    each of its writes is exactly what coalesce_tcp makes of the same packets: two flows
+    interleaved, PSH, short and empty segments, sequence gaps, IPv4 and IPv6."""
+    import random
+
+    from ipsec_core.dataplane.batch import PacketBatch
+    from ipsec_core.vpn.tun import coalesce_batch
+
+    rng = random.Random(seed)
+    merged = 0
+    for trial in range(150):
+        packets, seqs = [], {0: 1000, 1: 0xFFFFFF00}
+        v = rng.choice([4, 6])
+        for i in range(rng.randrange(1, 50)):
+            f = rng.choice([0, 0, 0, 1])
+            size = rng.choice([1000, 1000, 1000, 500, 0, 1001])
+            flags = ACK | (PSH if rng.random() < 0.08 else 0)
+            p = segment(v=v, seq=seqs[f], payload=rng.randbytes(size), flags=flags, ident=i)
+            if f == 1:                                       # another flow: another source port
+                p = bytearray(p)
+                p[(20 if v == 4 else 40) + 1] ^= 1
+                p = bytes(p)
+            seqs[f] = (seqs[f] + size + (7 if rng.random() < 0.05 else 0)) & 0xFFFFFFFF
+            packets.append(p)
+        writes = coalesce_batch(PacketBatch.from_packets(packets, headroom=rng.choice([0, 5]),
+                                                         tailroom=rng.choice([0, 3])))
+        i = 0
+        for data, count in writes:
+            assert [(h + q, k) for h, q, k in coalesce_tcp(packets[i:i + count])] == [(data, count)]
+            merged += count > 1
+            i += count
+        assert i == len(packets)
+    assert merged > 100

@@ -13,7 +13,7 @@ import pytest
 from ipsec_core.errors import LocalError
 from ipsec_core.vpn.netlink import Netlink
 from ipsec_core.vpn.netns import call_in_netns
-from ipsec_core.vpn.udp import NAT_KEEPALIVE, NON_ESP_MARKER, QueueHandler, UdpEndpoint
+from ipsec_core.vpn.udp import NAT_KEEPALIVE, NON_ESP_MARKER, EspBatch, QueueHandler, UdpEndpoint
 
 A4, B4 = "192.0.2.1", "192.0.2.2"
 A6, B6 = "2001:db8::1", "2001:db8::2"
@@ -181,17 +181,36 @@ def _esp(spi: int, seq: int, size: int) -> bytes:
     return spi.to_bytes(4, "big") + seq.to_bytes(4, "big") + body[:size - 8]
 
 
+class RunsHandler(QueueHandler):
+    """A QueueHandler that also takes whole UDP_GRO runs (`esp_runs_received`) and queues
+    their datagrams as ESP batches, so the order of runs and single datagrams shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.runs = 0
+
+    def esp_runs_received(self, runs, *, local):
+        for data, size, addr in runs:
+            self.runs += 1
+            parts = [data[k:k + size] for k in range(0, len(data), size)]
+            self.esp.put_nowait(EspBatch(parts, [addr] * len(parts), local))
+
+
 @pytest.mark.root
 @pytest.mark.parametrize("af", [4, 6], ids=["ipv4", "ipv6"])
-@pytest.mark.parametrize("offload", [True, False], ids=["gso-gro", "one-by-one"])
+@pytest.mark.parametrize("offload", [True, False, "runs"], ids=["gso-gro", "one-by-one", "gro-runs"])
 def test_esp_batches_arrive_byte_exact(udp_netns, af, offload):
     """Runs of equal-size ESP packets (one UDP_SEGMENT send each where the kernel has it),
     shorter ones ending a run, a lone IKE message and a keepalive in between: every datagram
-    arrives once, in order, byte for byte, sorted as RFC 3948 says."""
+    arrives once, in order, byte for byte, sorted as RFC 3948 says; also where the handler
+    takes the GRO reads whole (`esp_runs_received`), interleaved with single datagrams."""
     src, dst = (A4, B4) if af == 4 else (A6, B6)
 
     async def scenario():
-        a, _, b, hb = await pair(offload=offload, max_batch=512)
+        a, _, b, hb = await pair(offload=bool(offload), max_batch=512)
+        if offload == "runs":
+            hb = RunsHandler()
+            b.handler = hb
         with a, b:
             sizes = [1400] * 70 + [900] + [1400] * 3 + [60] * 5 + [1400, 1200, 1400, 1400]
             burst = [_esp(0x1000 + (i % 3 == 0), i, n) for i, n in enumerate(sizes)]
@@ -209,6 +228,19 @@ def test_esp_batches_arrive_byte_exact(udp_netns, af, offload):
             assert a.stats.esp_sent == len(burst) and a.stats.send_errors == 0
             if offload and a._sockets[-1].gso:
                 assert a.stats.gso_sends >= 3 and b.stats.gro_receives >= 3
+                if offload == "runs":
+                    assert hb.runs >= 3
+                    # a run, a single ESP datagram, a run, all read in one drain: in order
+                    more = [_esp(0x2000, 1000 + i, 1400) for i in range(10)]
+                    one = _esp(0x2000, 1010, 500)
+                    last = [_esp(0x2000, 1011 + i, 1400) for i in range(10)]
+                    a.send_esp_batch(more, (dst, b.nat_t_port))
+                    a.send_esp(one, (dst, b.nat_t_port))
+                    a.send_esp_batch(last, (dst, b.nat_t_port))
+                    got = []
+                    while len(got) < 21:
+                        got += (await get(hb.esp)).packets
+                    assert got == more + [one] + last
             if not offload:
                 assert a.stats.gso_sends == 0 and b.stats.gro_receives == 0
 

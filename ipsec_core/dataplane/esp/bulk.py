@@ -28,7 +28,7 @@ import struct
 from typing import Protocol, runtime_checkable
 
 from ipsec_core.crypto.base import BatchAead, BatchEncryptThenMac
-from ipsec_core.dataplane.batch import PacketBatch, np, slices
+from ipsec_core.dataplane.batch import PacketBatch, complete_checksums, np, slices
 from ipsec_core.dataplane.esp.fast import _limits_allow, check_lifetime_before_protect
 from ipsec_core.errors import AuthenticationError, DropReason, PacketDropped
 from ipsec_core.transforms.iana import CipherKind
@@ -324,12 +324,15 @@ class _Bulk:
         sa.stats.packets += n
         sa.stats.bytes += octets
 
-    def protect_packets(self, batch: PacketBatch, now, esp_only: bool = False) -> PacketBatch:
+    def protect_packets(self, batch: PacketBatch, now, esp_only: bool = False,
+                        inner_csum: tuple[int, int] | None = None) -> PacketBatch:
         """`protect_batch` on a `PacketBatch`, in place where the backend frames batches
         (each packet's header goes into its headroom, its trailer and ICV into its tailroom):
         the result shares `batch.buf`.  Anything else goes through `protect_batch` and comes
         back as a new batch.  `esp_only`: the results are the ESP part alone (SPI first, what
-        a UDP socket sends), and only its 16 header and IV bytes go before each packet."""
+        a UDP socket sends), and only its 16 header and IV bytes go before each packet.
+        `inner_csum` (start, offset): complete each inner packet's partial checksum first
+        (`ipsec_core.dataplane.batch.complete_checksums`)."""
         engine, sa = self.engine, self.sa
         n = len(batch)
         limit = 0xFFFFFFFFFFFFFFFF if engine.esn else 0xFFFFFFFF
@@ -346,11 +349,14 @@ class _Bulk:
                 batch.buf, batch.offsets, batch.lengths,
                 self.bare_tmpl if esp_only else self.fused_tmpl,
                 self.fused_flags | (FUSED_BARE if esp_only else 0), self.salt, self.block, sa.seq,
-                engine.ident)
+                engine.ident, *(inner_csum or (-1, 0)))
             if done.__class__ is tuple:
                 self._count_protected(n, done[1])
                 return PacketBatch(batch.buf, batch.offsets - head, np.frombuffer(done[0], np.int64))
-        wire = self.protect_batch(batch.packets(), now)
+        packets = batch.packets()
+        if inner_csum is not None:
+            packets = complete_checksums(packets, *inner_csum)
+        wire = self.protect_batch(packets, now)
         if esp_only:
             at = self.esp_at
             wire = [w[at:] for w in wire]

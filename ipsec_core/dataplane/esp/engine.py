@@ -437,14 +437,17 @@ class EspEngine:
             return self._fast_unprotect(packets, now)
         return self.unprotect_batch_generic(packets, now)
 
-    def protect_packets(self, batch, now: float, esp_only: bool = False):
+    def protect_packets(self, batch, now: float, esp_only: bool = False, inner_csum=None):
         """`protect_batch` on a `PacketBatch` (see `SecurityAssociation.protect_packets`)."""
         if esp_only and not (self.tunnel and self.encap):
             raise LocalError(f"SA {self.sa.name}: esp_only needs a tunnel-mode ESP-in-UDP SA")
         if self._bulk_protect is not None and self._framing is None and not self._offload:
-            return self._bulk_protect.protect_packets(batch, now, esp_only)
-        from ipsec_core.dataplane.batch import PacketBatch
-        wire = self.protect_batch(batch.packets(), now)
+            return self._bulk_protect.protect_packets(batch, now, esp_only, inner_csum)
+        from ipsec_core.dataplane.batch import PacketBatch, complete_checksums
+        packets = batch.packets()
+        if inner_csum is not None:
+            packets = complete_checksums(packets, *inner_csum)
+        wire = self.protect_batch(packets, now)
         if esp_only:
             at = (40 if self.outer_v6 else 20) + 8
             wire = [w[at:] for w in wire]
