@@ -40,6 +40,9 @@ def perf(
                                           "separated (gpu default: 1024,4096,16384,65536)."),
     esp: bool = typer.Option(False, "--esp", help="Measure through protect_batch/unprotect_batch even for a backend "
                              "that has its own benchmark (gpu)."),
+    api: str = typer.Option("list", "--api", help="list: protect_batch/unprotect_batch (a list of bytes "
+                            "in and out); batch: protect_packets/unprotect_packets on a PacketBatch "
+                            "(in place where the backend frames batches)."),
     tune_allocator: bool = typer.Option(True, "--tune-allocator/--no-tune-allocator",
                                         help="Let glibc keep freed heap between batches, as a VPN driver does "
                                         "(ipsec_core.vpn.tuning); the records say which was used."),
@@ -56,6 +59,8 @@ def perf(
         fail(f"--direction {direction!r}: expected protect, unprotect or both")
     if mode not in ("tunnel", "transport"):
         fail(f"--mode {mode!r}: expected tunnel or transport")
+    if api not in ("list", "batch"):
+        fail(f"--api {api!r}: expected list or batch")
     proposals = _split(proposal, "proposal")
     for p in proposals:
         try:
@@ -119,7 +124,7 @@ def perf(
             try:
                 records += measure(backend=name, proposal=p, size=s, count=count, batch=batch,
                                    directions=directions, mode=mode, repeats=repeats,
-                                   registry=registry, tick=lambda: progress.advance(task))
+                                   registry=registry, tick=lambda: progress.advance(task), api=api)
             except BackendError as exc:
                 if backend != "all":
                     raise
@@ -176,17 +181,20 @@ def _table(rows: list[dict]) -> None:
     from rich.table import Table
 
     first = rows[0]
-    caption = (f"batch {first['batch']}; allocator: {first['allocator']}; numpy batch path: "
+    caption = (f"batch {first['batch']} ({first.get('api', 'list')} API); allocator: {first['allocator']}; numpy batch path: "
                f"{'yes' if first['vectorised'] else 'no (pip install ipsec-suite[fast])'}")
-    table = Table(title="ESP throughput (inner bytes); bare = the backend's primitive alone, same run",
+    table = Table(title="ESP throughput (inner bytes); bare = the backend's primitive alone, "
+                        "AESGCM = cryptography's bare AES-128-GCM call; both in the same run",
                   caption=caption)
     for col in ("backend", "proposal", "mode", "size", "direction", "path", "packets/s", "Gbit/s",
-                "overhead B", "bare packets/s", "ratio"):
+                "overhead B", "bare packets/s", "ratio", "AESGCM packets/s", "x AESGCM"):
         table.add_column(col, justify="right" if col not in ("backend", "proposal", "mode", "direction") else "left")
     for r in rows:
         table.add_row(r["backend"], r["proposal"], r["mode"], str(r["size"]), r["direction"],
                       r.get("batch_path", ""), f"{r['pps']:,.0f}", f"{r['gbps']:.3f}", str(r["overhead_bytes"]),
-                      f"{r['bare_pps']:,.0f}", f"{r['ratio']:.2f}")
+                      f"{r['bare_pps']:,.0f}", f"{r['ratio']:.2f}",
+                      f"{r['aesgcm_pps']:,.0f}" if r.get("aesgcm_pps") else "-",
+                      f"{r['vs_aesgcm']:.2f}" if r.get("vs_aesgcm") else "-")
     Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
 
 

@@ -413,6 +413,15 @@ class SecurityAssociation:
                     drops[verdict.reason.value] += 1
         return out
 
+    @property
+    def frames_batches(self) -> bool:
+        """Whether `protect_packets` / `unprotect_packets` run natively on the batch's buffer
+        for this SA (its backend frames whole ESP batches: ipsecmb, AEAD, tunnel mode); else
+        they convert to and from `protect_batch` / `unprotect_batch` lists."""
+        bulk = getattr(self.engine, "_bulk_protect", None) or getattr(self.engine, "_bulk_unprotect", None)
+        return bool(bulk is not None and bulk.fused and self.engine._framing is None
+                    and not self.engine._offload)
+
     def protect_packets(self, batch: "PacketBatch", *, now: float, esp_only: bool = False,
                         inner_csum: tuple[int, int] | None = None) -> "PacketBatch":
         """`protect_batch` on a `PacketBatch`: the outer packets as a PacketBatch.  Where the
@@ -424,7 +433,8 @@ class SecurityAssociation:
         Anything else is protected through `protect_batch` into a new buffer.
 
         `esp_only` (a tunnel-mode ESP-in-UDP SA): the results are the ESP packets alone, SPI
-        first, what a UDP socket sends (RFC 3948), and a headroom of 16 bytes is enough; with
+        first, what a UDP socket sends (RFC 3948), and a headroom of the ESP header and IV
+        (8 + 8, or 8 + 16 for AES-CBC) is enough; with
         packets laid out one ESP packet apart, the results lie back to back in `batch.buf`,
         ready for one UDP_SEGMENT send.
 

@@ -49,6 +49,7 @@ class PerfRecord:
     batch_path: str = ""  # the batch path that ran: bulk (one buffer), vec, fast, offload or loop
     aesgcm_pps: float = 0.0   # cryptography's bare AESGCM call (AES-128, same payload), same run
     vs_aesgcm: float = 0.0    # pps / aesgcm_pps: the issue's yardstick
+    api: str = "list"         # list: protect_batch / unprotect_batch; batch: *_packets on a PacketBatch
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +158,7 @@ def aesgcm_call(size: int, direction: str) -> tuple[Callable, tuple]:
     return aead.decrypt, (nonce, aead.encrypt(nonce, pt, aad), aad)
 
 
-def batch_path(sa: SecurityAssociation, direction: str) -> str:
+def batch_path(sa: SecurityAssociation, direction: str, api: str = "list") -> str:
     """Which batch path `protect_batch` / `unprotect_batch` of `sa` takes (for the record)."""
     eng = sa.engine
     if getattr(eng, "_offload", False):
@@ -165,7 +166,12 @@ def batch_path(sa: SecurityAssociation, direction: str) -> str:
     fn = eng._fast_protect if direction == "protect" else eng._fast_unprotect
     if fn is None:
         return "loop"
-    return fn.__module__.rsplit(".", 1)[-1]
+    path = fn.__module__.rsplit(".", 1)[-1]
+    bulk = getattr(fn, "__self__", None)
+    if path == "bulk" and getattr(bulk, "fused", False) and (
+            direction == "unprotect" or api == "batch" or bulk.fused_list_protect):
+        return "bulk+fused"      # the backend frames the whole batch in one call (ipsecmb)
+    return path
 
 
 def _bare_seconds(call: tuple[Callable, tuple], count: int) -> float:
@@ -184,7 +190,8 @@ def _bare_seconds(call: tuple[Callable, tuple], count: int) -> float:
 
 def measure(*, backend: str | None, proposal: str, size: int, count: int, batch: int,
             directions: tuple[str, ...] = ("protect", "unprotect"), mode: str = "tunnel",
-            repeats: int = 5, registry=None, tick: Callable[[], None] | None = None) -> list[PerfRecord]:
+            repeats: int = 5, registry=None, tick: Callable[[], None] | None = None,
+            api: str = "list") -> list[PerfRecord]:
     """Time protect and/or unprotect of `count` packets of `size` bytes, `batch` at a time, and
     the bare primitive on the same payload, alternating batch by batch; `repeats` runs, the one
     with the median ratio reported.
@@ -193,7 +200,15 @@ def measure(*, backend: str | None, proposal: str, size: int, count: int, batch:
     protected by the peer, untimed) and then processed while it is in cache; results of one batch
     are dropped before the next, as a driver writes them out.  The bare call likewise runs on
     one payload in cache.
+
+    `api`: "list" times protect_batch / unprotect_batch (a list of bytes in and out); "batch"
+    times protect_packets / unprotect_packets on a PacketBatch (in place where the backend
+    frames batches; the batch is laid out untimed, as a driver's read would lay it out).
     """
+    if api not in ("list", "batch"):
+        raise ValueError(f"api must be 'list' or 'batch', not {api!r}")
+    from ipsec_core.dataplane.batch import PacketBatch
+
     batch = max(1, min(batch, count))
     out_sa, new_inbound = sa_pair(proposal, backend=backend, mode=mode, registry=registry)
     packets = make_packets(size, batch)
@@ -210,17 +225,21 @@ def measure(*, backend: str | None, proposal: str, size: int, count: int, batch:
             # machine: on a shared VM the CPU's speed moves by 2-3x within seconds.
             elapsed = bare_elapsed = gcm_elapsed = 0.0
             if direction == "protect":
-                fn = out_sa.protect_batch
+                fn = out_sa.protect_batch if api == "list" else out_sa.protect_packets
                 for _ in range(rounds):
                     bare_elapsed += _bare_seconds(bare, batch)
                     gcm_elapsed += _bare_seconds(gcm, batch)
+                    todo = packets if api == "list" else PacketBatch.from_packets(packets, headroom=64, tailroom=32)
                     start = time.perf_counter()
-                    fn(packets, now=time.monotonic())     # a driver reads the clock per batch
+                    fn(todo, now=time.monotonic())     # a driver reads the clock per batch
                     elapsed += time.perf_counter() - start
             else:
-                fn = new_inbound().unprotect_batch
+                inbound = new_inbound()
+                fn = inbound.unprotect_batch if api == "list" else inbound.unprotect_packets
                 for _ in range(rounds):
                     wire = out_sa.protect_batch(packets, now=time.monotonic())
+                    if api == "batch":
+                        wire = PacketBatch.from_packets(wire)
                     bare_elapsed += _bare_seconds(bare, batch)
                     gcm_elapsed += _bare_seconds(gcm, batch)
                     start = time.perf_counter()
@@ -239,6 +258,6 @@ def measure(*, backend: str | None, proposal: str, size: int, count: int, batch:
             ratio=round(pps / bare_pps, 4), overhead_bytes=overhead, repeats=repeats,
             backend_names=out_sa.engine.backend_names, allocator=allocator_state(),
             vectorised=esp_vec.available(), batch_path=batch_path(out_sa if direction == "protect"
-                                                             else new_inbound(), direction),
-            aesgcm_pps=round(gcm_pps, 1), vs_aesgcm=round(pps / gcm_pps, 4)))
+                                                             else new_inbound(), direction, api),
+            aesgcm_pps=round(gcm_pps, 1), vs_aesgcm=round(pps / gcm_pps, 4), api=api))
     return records

@@ -1324,7 +1324,7 @@ class Driver:
             s = None
         if s is not None:
             child = next((c for c in self.children if c.matches_out(s)), None)
-        if (child is None or child.strip is None
+        if (child is None or child.strip is None or not child.outbound.frames_batches
                 or (child.max_inner is not None and length > child.max_inner)):
             rows, count, last = sup.rows()
             packets = [row.tobytes() for row in rows[:count - 1]]
@@ -1334,15 +1334,15 @@ class Driver:
             return count
         out = child.outbound
         eng = out.engine
-        tail = (-(length + 2)) % eng.block + 2 + eng.icv_bytes
-        rows, count, last = sup.rows(head=16, tail=tail, partial=True)
+        head, tail = 8 + eng.iv_bytes, (-(length + 2)) % eng.block + 2 + eng.icv_bytes
+        rows, count, last = sup.rows(head=head, tail=tail, partial=True)
         self.stats.inner_read += count
         stride = rows.shape[1]
         buf = rows.reshape(-1)
-        offsets = np.arange(count, dtype=np.int64) * stride + 16
+        offsets = np.arange(count, dtype=np.int64) * stride + head
         lengths = np.full(count, length, dtype=np.int64)
         lengths[-1] = last
-        batch = PacketBatch(buf, offsets, lengths, 16, tail)
+        batch = PacketBatch(buf, offsets, lengths, head, tail)
         try:
             res = out.protect_packets(batch, now=now, esp_only=True, inner_csum=(sup.ip, 16))
         except Exception as exc:   # lifetime, sequence numbers
@@ -1466,7 +1466,7 @@ class Driver:
             n = len(data)
             spi = data[:4]
             child = by_spi.get(int.from_bytes(spi, "big"))
-            if child is None or child.strip is None or any(
+            if child is None or child.strip is None or not child.inbound.frames_batches or any(
                     data[k:k + 4] != spi for k in range(size, n, size)):
                 count = -(-n // size)
                 self.esp_received([data[k:k + size] for k in range(0, n, size)], [addr] * count,

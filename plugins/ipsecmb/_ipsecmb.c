@@ -888,6 +888,7 @@ typedef struct {
     Py_buffer tmpl;
     const uint8_t *t;
     int flags, outer, udp, esp_at, head, block;
+    int ivb;              /* IV bytes: 8 (AEAD, counter mode) or 16 (CBC) */
     int real_outer;       /* outer IP + UDP bytes of the packet on the wire (size limit) */
     uint8_t salt[4];
 } fused_spec;
@@ -898,7 +899,7 @@ static inline void put32(uint8_t *p, uint32_t v) { put16(p, v >> 16); put16(p + 
 static inline void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
 
 static int
-spec_get(PyObject *tmpl, int flags, PyObject *salt, int block, fused_spec *s)
+spec_get(PyObject *tmpl, int flags, PyObject *salt, int block, int ivb, fused_spec *s)
 {
     Py_buffer sv = {0};
     memset(s, 0, sizeof *s);
@@ -918,15 +919,16 @@ spec_get(PyObject *tmpl, int flags, PyObject *salt, int block, fused_spec *s)
     if (flags & FUSED_BARE)
         s->outer = s->udp = 0;
     s->esp_at = s->outer + s->udp;
-    s->head = s->esp_at + 16;
+    s->ivb = ivb;
+    s->head = s->esp_at + 8 + ivb;
     if (PyObject_GetBuffer(salt, &sv, PyBUF_SIMPLE) < 0)
         return -1;
-    if (sv.len != 4) {
-        PyErr_Format(PyExc_ValueError, "salt must be 4 bytes, not %zd", sv.len);
+    if (sv.len != (ivb == 8 ? 4 : 0)) {
+        PyErr_Format(PyExc_ValueError, "salt must be %d bytes, not %zd", ivb == 8 ? 4 : 0, sv.len);
         PyBuffer_Release(&sv);
         return -1;
     }
-    memcpy(s->salt, sv.buf, 4);
+    memcpy(s->salt, sv.buf, (size_t)sv.len);
     PyBuffer_Release(&sv);
     if (PyObject_GetBuffer(tmpl, &s->tmpl, PyBUF_SIMPLE) < 0)
         return -1;
@@ -971,7 +973,7 @@ fused_inner(const fused_spec *s, const uint8_t *p, int64_t len, int icv, int *to
     } else {
         return 0;
     }
-    int64_t esp_len = 16 + len + fused_pad(s, len) + 2 + icv;
+    int64_t esp_len = 8 + s->ivb + len + fused_pad(s, len) + 2 + icv;
     if (s->real_outer + esp_len > 0xFFFF)
         return 0;
     *wire = s->esp_at + esp_len;
@@ -1021,13 +1023,15 @@ complete_csum(uint8_t *p, int64_t len, int64_t start, int64_t offset)
     put16(p + start + offset, c);
 }
 
-/* Frame and seal the inner packet already at h + head (len bytes): header, trailer, tag. */
-static void
-fused_seal_one(IMB_MGR *mgr, const AeadObject *a, const fused_spec *s, uint8_t *h, int64_t len,
-               int tos, unsigned df, uint8_t nh, uint64_t seq, unsigned ident)
+/* Frame the inner packet already at h + head (len bytes): outer header, ESP header, IV (the
+ * sequence number, or the 16 bytes at cbc_iv), trailer; returns the payload bytes to
+ * encrypt (packet, padding, pad length, next header). */
+static int64_t
+fused_frame_one(const fused_spec *s, uint8_t *h, int64_t len, int icv, int tos, unsigned df,
+                uint8_t nh, uint64_t seq, unsigned ident, const uint8_t *cbc_iv)
 {
-    int64_t pad = fused_pad(s, len), icv = a->tag_bytes;
-    int64_t esp_len = 16 + len + pad + 2 + icv;
+    int64_t pad = fused_pad(s, len);
+    int64_t esp_len = 8 + s->ivb + len + pad + 2 + icv;
     memcpy(h, s->t, (size_t)s->head);
     if (s->flags & FUSED_BARE) {
         ;
@@ -1051,12 +1055,26 @@ fused_seal_one(IMB_MGR *mgr, const AeadObject *a, const fused_spec *s, uint8_t *
         put16(h + s->outer + 4, (unsigned)(8 + esp_len));
     uint8_t *esp = h + s->esp_at;
     put32(esp + 4, (uint32_t)seq);
-    put64(esp + 8, seq);
+    if (s->ivb == 16)
+        memcpy(esp + 8, cbc_iv, 16);
+    else
+        put64(esp + 8, seq);
     uint8_t *pt = h + s->head;
     for (int64_t k = 0; k < pad; k++)
         pt[len + k] = (uint8_t)(k + 1);
     pt[len + pad] = (uint8_t)pad;
     pt[len + pad + 1] = nh;
+    return len + pad + 2;
+}
+
+/* Frame and seal the inner packet already at h + head (len bytes): header, trailer, tag. */
+static void
+fused_seal_one(IMB_MGR *mgr, const AeadObject *a, const fused_spec *s, uint8_t *h, int64_t len,
+               int tos, unsigned df, uint8_t nh, uint64_t seq, unsigned ident)
+{
+    int64_t icv = a->tag_bytes;
+    int64_t plen = fused_frame_one(s, h, len, (int)icv, tos, df, nh, seq, ident, NULL);
+    uint8_t *esp = h + s->esp_at, *pt = h + s->head;
     uint8_t nonce[12], aad[12], tag[32];
     memcpy(nonce, s->salt, 4);
     memcpy(nonce + 4, esp + 8, 8);
@@ -1068,8 +1086,8 @@ fused_seal_one(IMB_MGR *mgr, const AeadObject *a, const fused_spec *s, uint8_t *
     } else {
         memcpy(aad, esp, 8);
     }
-    aead_one(mgr, a, 1, nonce, pt, pt, (uint64_t)(len + pad + 2), aad, aad_len, tag);
-    memcpy(pt + len + pad + 2, tag, (size_t)icv);
+    aead_one(mgr, a, 1, nonce, pt, pt, (uint64_t)plen, aad, aad_len, tag);
+    memcpy(pt + plen, tag, (size_t)icv);
 }
 
 /* Aead.esp_protect(packets, template, flags, salt, block, seq0, ident0)
@@ -1094,7 +1112,7 @@ aead_esp_protect(AeadObject *self, PyObject *args)
         return NULL;
     }
     IMB_MGR *mgr = get_mgr();
-    if (mgr == NULL || spec_get(to, flags, so, block, &s) < 0)
+    if (mgr == NULL || spec_get(to, flags, so, block, 8, &s) < 0)
         return NULL;
     if (get_views(po, &pv) < 0)
         goto done;
@@ -1177,7 +1195,7 @@ aead_esp_protect_into(AeadObject *self, PyObject *args)
         return NULL;
     }
     IMB_MGR *mgr = get_mgr();
-    if (mgr == NULL || spec_get(to, flags, so, block, &s) < 0)
+    if (mgr == NULL || spec_get(to, flags, so, block, 8, &s) < 0)
         return NULL;
     Py_ssize_t n = -1;
     if (PyObject_GetBuffer(bo, &buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
@@ -1301,13 +1319,220 @@ fused_inner_ok(const uint8_t *outer, int v6, const uint8_t *pt, int64_t ct)  /* 
     return inner;
 }
 
+/* The state both esp_unprotect calls share: arguments, the packets (a list, or a buffer with
+ * offsets and lengths), the run of packets whose outer header the bulk path takes, and the
+ * results being filled. */
+typedef struct {
+    fused_spec s;
+    packet_views pv;
+    Py_buffer buf, offs, lens;
+    const uint8_t **ptr;
+    int64_t *plen;
+    Py_ssize_t n, m;
+    int listed, icv;
+    unsigned long long top, window;
+    PyObject *codes, *seqs, *plain, *iat, *ilen;
+    uint8_t *cd, *pl;
+    int64_t *sq, *ia, *il;
+} unprot;
+
+static void
+unprot_release(unprot *u)
+{
+    Py_CLEAR(u->codes);
+    Py_CLEAR(u->seqs);
+    Py_CLEAR(u->plain);
+    Py_CLEAR(u->iat);
+    Py_CLEAR(u->ilen);
+    PyMem_Free(u->ptr);
+    PyMem_Free(u->plen);
+    u->ptr = NULL;
+    u->plen = NULL;
+    release_views(&u->pv);
+    PyBuffer_Release(&u->buf);
+    PyBuffer_Release(&u->offs);
+    PyBuffer_Release(&u->lens);
+    PyBuffer_Release(&u->s.tmpl);
+}
+
+/* Parse (packets | buf, offsets, lengths, template, flags, salt, top, window, min_len), find
+ * the run of packets from the first whose outer header, SPI and length the bulk path takes
+ * (cipher text whole `cblock`-byte blocks), and allocate the results for them. */
+static int
+unprot_begin(unprot *u, PyObject *args, int icv, int ivb, int cblock)
+{
+    PyObject *src, *oo, *lo, *to, *so;
+    int flags;
+    Py_ssize_t min_len;
+    memset(u, 0, sizeof *u);
+    u->icv = icv;
+    if (!PyArg_ParseTuple(args, "OOOOiOKKn:esp_unprotect", &src, &oo, &lo, &to, &flags, &so,
+                          &u->top, &u->window, &min_len))
+        return -1;
+    if (spec_get(to, flags, so, 4, ivb, &u->s) < 0)
+        return -1;
+    if (u->top >= ((uint64_t)1 << 62) || u->window > ((uint64_t)1 << 31)) {
+        PyErr_Format(PyExc_ValueError, "top %llu / window %llu out of range", u->top, u->window);
+        return -1;
+    }
+    if (min_len < u->s.head + icv + 2 || min_len > FUSED_MAX) {
+        PyErr_Format(PyExc_ValueError, "min_len must be %d..%d, not %zd", u->s.head + icv + 2,
+                     FUSED_MAX, min_len);
+        return -1;
+    }
+    Py_ssize_t n = -1;
+    u->listed = oo == Py_None;
+    if (u->listed) {
+        if (lo != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "lengths must be None when offsets is");
+            return -1;
+        }
+        if (get_views(src, &u->pv) < 0)
+            return -1;
+        n = u->pv.n;
+    } else {
+        if (PyObject_GetBuffer(src, &u->buf, PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        if (get_i64(oo, &u->offs, &n, "offsets") < 0 || get_i64(lo, &u->lens, &n, "lengths") < 0)
+            return -1;
+        if (n > MAX_BATCH) {
+            PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd",
+                         MAX_BATCH, n);
+            return -1;
+        }
+        if (check_regions(u->offs.buf, u->lens.buf, n, u->buf.len, 0, 0, 0, INT64_MAX / 4,
+                          "packet") < 0)
+            return -1;
+    }
+    u->n = n;
+    u->ptr = PyMem_Malloc(n ? (size_t)n * sizeof *u->ptr : 1);
+    u->plen = PyMem_Malloc(n ? (size_t)n * sizeof *u->plen : 1);
+    if (u->ptr == NULL || u->plen == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    const fused_spec *s = &u->s;
+    Py_ssize_t m = 0;
+    int64_t total = 0;
+    for (; m < n; m++) {
+        const uint8_t *p;
+        int64_t l;
+        if (u->listed) {
+            p = u->pv.views[m].buf;
+            l = u->pv.views[m].len;
+        } else {
+            p = (const uint8_t *)u->buf.buf + ((const int64_t *)u->offs.buf)[m];
+            l = ((const int64_t *)u->lens.buf)[m];
+        }
+        if (!fused_outer_ok(s, p, l, min_len) || (l - s->head - icv) % cblock)
+            break;
+        if ((s->flags & FUSED_ESN) && get16(p + s->esp_at + 4) * 65536ULL + get16(p + s->esp_at + 6)
+                >= ((uint64_t)1 << 32) - u->window)
+            break;
+        u->ptr[m] = p;
+        u->plen[m] = l;
+        total += l - s->head - icv;
+    }
+    u->m = m;
+    u->codes = PyBytes_FromStringAndSize(NULL, m);
+    u->seqs = PyBytes_FromStringAndSize(NULL, m * 8);
+    u->plain = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    u->iat = PyBytes_FromStringAndSize(NULL, m * 8);
+    u->ilen = PyBytes_FromStringAndSize(NULL, m * 8);
+    if (!u->codes || !u->seqs || !u->plain || !u->iat || !u->ilen)
+        return -1;
+    u->cd = (uint8_t *)PyBytes_AS_STRING(u->codes);
+    u->sq = (int64_t *)PyBytes_AS_STRING(u->seqs);
+    u->ia = (int64_t *)PyBytes_AS_STRING(u->iat);
+    u->il = (int64_t *)PyBytes_AS_STRING(u->ilen);
+    u->pl = (uint8_t *)PyBytes_AS_STRING(u->plain);
+    int64_t at = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {       /* where each plaintext goes in `plain` */
+        u->ia[i] = at;
+        at += u->plen[i] - s->head - icv;
+    }
+    return 0;
+}
+
+/* Packet i's full sequence number (ESN: the window's high half). */
+static inline uint64_t
+unprot_seq(const unprot *u, Py_ssize_t i)
+{
+    const uint8_t *esp = u->ptr[i] + u->s.esp_at;
+    uint64_t low = (uint64_t)get16(esp + 4) << 16 | get16(esp + 6);
+    return (u->s.flags & FUSED_ESN) ? ((u->top >> 32) << 32) + low : low;
+}
+
+/* The verdict on packet i once opened (auth_ok: its ICV verified): 1 accepted, 0 dropped
+ * (bad ICV), -1 left to the engine (stop here). */
+static int
+unprot_judge(unprot *u, Py_ssize_t i, int auth_ok, uint64_t full, long long *inner_bytes)
+{
+    int64_t ct = u->plen[i] - u->s.head - u->icv;
+    u->sq[i] = (int64_t)full;
+    if (!auth_ok) {
+        u->cd[i] = 1;
+        u->il[i] = 0;
+        return 0;
+    }
+    int64_t inner = fused_inner_ok((u->s.flags & FUSED_BARE) ? NULL : u->ptr[i],
+                                   u->s.flags & FUSED_V6, u->pl + u->ia[i], ct);
+    if (inner < 0)
+        return -1;
+    u->cd[i] = 0;
+    u->il[i] = inner;
+    *inner_bytes += inner;
+    return 1;
+}
+
+/* (stop, codes, seqs, plain, inner_at, inner_len, accepted, inner_bytes, inners) */
+static PyObject *
+unprot_finish(unprot *u, Py_ssize_t stop, Py_ssize_t accepted, long long inner_bytes)
+{
+    PyObject *inners = NULL, *result = NULL;
+    if (stop < u->m) {
+        if (_PyBytes_Resize(&u->codes, stop) < 0 || _PyBytes_Resize(&u->seqs, stop * 8) < 0
+                || _PyBytes_Resize(&u->iat, stop * 8) < 0 || _PyBytes_Resize(&u->ilen, stop * 8) < 0)
+            return NULL;
+        u->cd = (uint8_t *)PyBytes_AS_STRING(u->codes);
+        u->ia = (int64_t *)PyBytes_AS_STRING(u->iat);
+        u->il = (int64_t *)PyBytes_AS_STRING(u->ilen);
+    }
+    if (u->listed) {
+        inners = PyList_New(stop);
+        if (inners == NULL)
+            return NULL;
+        for (Py_ssize_t i = 0; i < stop; i++) {
+            PyObject *b;
+            if (u->cd[i]) {
+                b = Py_None;
+                Py_INCREF(b);
+            } else {
+                b = PyBytes_FromStringAndSize((const char *)u->pl + u->ia[i], (Py_ssize_t)u->il[i]);
+                if (b == NULL) {
+                    Py_DECREF(inners);
+                    return NULL;
+                }
+            }
+            PyList_SET_ITEM(inners, i, b);
+        }
+    } else {
+        inners = Py_None;
+        Py_INCREF(inners);
+    }
+    result = Py_BuildValue("(nOOOOOnLO)", stop, u->codes, u->seqs, u->plain, u->iat, u->ilen,
+                           accepted, inner_bytes, inners);
+    Py_DECREF(inners);
+    return result;
+}
+
 /* Aead.esp_unprotect(packets | buf, offsets, lengths, template, flags, salt, top, window,
  *                    min_len)
  *   -> (stop, codes, seqs, plain, inner_at, inner_len, accepted, inner_bytes, inners)
  * From the first packet on, while each is one the bulk path covers and its sequence number
  * is right of the window and of every packet accepted before it in this call: open it out of
  * place into `plain` (the plaintexts back to back).  `stop` is the index of the first packet
- * left to the engine (n when none is): nothing at or after it was opened.  For the `stop`
+ * left to the engine (n when none is): nothing at or after it was accepted.  For the `stop`
  * packets before it: codes (1 byte each: 0 accepted, 1 the tag did not verify), seqs (int64,
  * the full sequence number), inner_at / inner_len (int64: the inner packet in `plain`; length
  * 0 where the tag failed).  With a list of packets (offsets and lengths None), `inners` is the
@@ -1316,114 +1541,32 @@ fused_inner_ok(const uint8_t *outer, int v6, const uint8_t *pt, int64_t ct)  /* 
 static PyObject *
 aead_esp_unprotect(AeadObject *self, PyObject *args)
 {
-    PyObject *src, *oo, *lo, *to, *so;
-    int flags;
-    unsigned long long top, window;
-    Py_ssize_t min_len;
-    fused_spec s = {0};
-    packet_views pv = {0};
-    Py_buffer buf = {0}, offs = {0}, lens = {0};
-    const uint8_t **ptr = NULL;
-    int64_t *plen = NULL;
-    PyObject *codes = NULL, *seqs = NULL, *plain = NULL, *iat = NULL, *ilen = NULL,
-             *inners = NULL, *result = NULL;
-    if (!PyArg_ParseTuple(args, "OOOOiOKKn:esp_unprotect", &src, &oo, &lo, &to, &flags, &so,
-                          &top, &window, &min_len))
-        return NULL;
+    unprot u;
+    PyObject *result = NULL;
     if (self->key == NULL) {
         PyErr_SetString(PyExc_ValueError, "Aead not initialised");
         return NULL;
     }
     IMB_MGR *mgr = get_mgr();
-    if (mgr == NULL || spec_get(to, flags, so, 4, &s) < 0)
+    if (mgr == NULL)
         return NULL;
-    if (top >= ((uint64_t)1 << 62) || window > ((uint64_t)1 << 31)) {
-        PyErr_Format(PyExc_ValueError, "top %llu / window %llu out of range", top, window);
+    if (unprot_begin(&u, args, self->tag_bytes, 8, 1) < 0)
         goto done;
-    }
-    if (min_len < s.head + self->tag_bytes + 2 || min_len > FUSED_MAX) {
-        PyErr_Format(PyExc_ValueError, "min_len must be %d..%d, not %zd",
-                     s.head + self->tag_bytes + 2, FUSED_MAX, min_len);
-        goto done;
-    }
-    Py_ssize_t n = -1;
-    int listed = oo == Py_None;
-    if (listed) {
-        if (lo != Py_None || get_views(src, &pv) < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "lengths must be None when offsets is");
-            goto done;
-        }
-        n = pv.n;
-    } else {
-        if (PyObject_GetBuffer(src, &buf, PyBUF_C_CONTIGUOUS) < 0)
-            goto done;
-        if (get_i64(oo, &offs, &n, "offsets") < 0 || get_i64(lo, &lens, &n, "lengths") < 0)
-            goto done;
-        if (n > MAX_BATCH) {
-            PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd",
-                         MAX_BATCH, n);
-            goto done;
-        }
-        if (check_regions(offs.buf, lens.buf, n, buf.len, 0, 0, 0, INT64_MAX / 4, "packet") < 0)
-            goto done;
-    }
-    ptr = PyMem_Malloc(n ? (size_t)n * sizeof *ptr : 1);
-    plen = PyMem_Malloc(n ? (size_t)n * sizeof *plen : 1);
-    if (ptr == NULL || plen == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    /* the run of packets whose outer header is the bulk path's */
-    Py_ssize_t m = 0;
-    int64_t total = 0, icv = self->tag_bytes;
-    for (; m < n; m++) {
-        const uint8_t *p;
-        int64_t l;
-        if (listed) {
-            p = pv.views[m].buf;
-            l = pv.views[m].len;
-        } else {
-            p = (const uint8_t *)buf.buf + ((const int64_t *)offs.buf)[m];
-            l = ((const int64_t *)lens.buf)[m];
-        }
-        if (!fused_outer_ok(&s, p, l, min_len))
-            break;
-        if ((s.flags & FUSED_ESN) && get16(p + s.esp_at + 4) * 65536ULL + get16(p + s.esp_at + 6)
-                >= ((uint64_t)1 << 32) - window)
-            break;
-        ptr[m] = p;
-        plen[m] = l;
-        total += l - s.head - icv;
-    }
-    codes = PyBytes_FromStringAndSize(NULL, m);
-    seqs = PyBytes_FromStringAndSize(NULL, m * 8);
-    plain = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    iat = PyBytes_FromStringAndSize(NULL, m * 8);
-    ilen = PyBytes_FromStringAndSize(NULL, m * 8);
-    if (!codes || !seqs || !plain || !iat || !ilen)
-        goto done;
-    uint8_t *cd = (uint8_t *)PyBytes_AS_STRING(codes);
-    int64_t *sq = (int64_t *)PyBytes_AS_STRING(seqs), *ia = (int64_t *)PyBytes_AS_STRING(iat),
-            *il = (int64_t *)PyBytes_AS_STRING(ilen);
-    uint8_t *pl = (uint8_t *)PyBytes_AS_STRING(plain);
-    Py_ssize_t stop = m, accepted = 0;
+    Py_ssize_t stop = u.m, accepted = 0;
     long long inner_bytes = 0;
-    int v6 = s.flags & FUSED_V6, esn = s.flags & FUSED_ESN, bare = s.flags & FUSED_BARE;
+    int esn = u.s.flags & FUSED_ESN;
     Py_BEGIN_ALLOW_THREADS
-    uint64_t running = top;
-    int64_t at = 0;
+    uint64_t running = u.top;
     uint8_t nonce[12], aad[12], tag[32];
-    memcpy(nonce, s.salt, 4);
-    for (Py_ssize_t i = 0; i < m; i++) {
-        const uint8_t *p = ptr[i], *esp = p + s.esp_at;
-        uint64_t low = (uint64_t)get16(esp + 4) << 16 | get16(esp + 6);
-        uint64_t full = esn ? ((top >> 32) << 32) + low : low;
+    memcpy(nonce, u.s.salt, 4);
+    for (Py_ssize_t i = 0; i < u.m; i++) {
+        const uint8_t *p = u.ptr[i], *esp = p + u.s.esp_at;
+        uint64_t full = unprot_seq(&u, i);
         if (full <= running) {
             stop = i;
             break;
         }
-        int64_t ct = plen[i] - s.head - icv;
+        int64_t ct = u.plen[i] - u.s.head - u.icv;
         memcpy(nonce + 4, esp + 8, 8);
         uint64_t aad_len = 8;
         if (esn) {
@@ -1433,71 +1576,22 @@ aead_esp_unprotect(AeadObject *self, PyObject *args)
         } else {
             memcpy(aad, esp, 8);
         }
-        aead_one(mgr, self, 0, nonce, p + s.head, pl + at, (uint64_t)ct, aad, aad_len, tag);
-        if (ct_diff(tag, p + s.head + ct, (size_t)icv)) {
-            cd[i] = 1;
-            il[i] = 0;
-        } else {
-            int64_t inner = fused_inner_ok(bare ? NULL : p, v6, pl + at, ct);
-            if (inner < 0) {
-                stop = i;
-                break;
-            }
-            cd[i] = 0;
-            il[i] = inner;
+        aead_one(mgr, self, 0, nonce, p + u.s.head, u.pl + u.ia[i], (uint64_t)ct, aad, aad_len, tag);
+        int verdict = unprot_judge(&u, i, !ct_diff(tag, p + u.s.head + ct, (size_t)u.icv), full,
+                                   &inner_bytes);
+        if (verdict < 0) {
+            stop = i;
+            break;
+        }
+        if (verdict) {
             running = full;
             accepted++;
-            inner_bytes += inner;
         }
-        sq[i] = (int64_t)full;
-        ia[i] = at;
-        at += ct;
     }
     Py_END_ALLOW_THREADS
-    if (stop < m) {
-        if (_PyBytes_Resize(&codes, stop) < 0 || _PyBytes_Resize(&seqs, stop * 8) < 0
-                || _PyBytes_Resize(&iat, stop * 8) < 0 || _PyBytes_Resize(&ilen, stop * 8) < 0)
-            goto done;
-        cd = (uint8_t *)PyBytes_AS_STRING(codes);
-        ia = (int64_t *)PyBytes_AS_STRING(iat);
-        il = (int64_t *)PyBytes_AS_STRING(ilen);
-    }
-    if (listed) {
-        inners = PyList_New(stop);
-        if (inners == NULL)
-            goto done;
-        for (Py_ssize_t i = 0; i < stop; i++) {
-            PyObject *b;
-            if (cd[i]) {
-                b = Py_None;
-                Py_INCREF(b);
-            } else {
-                b = PyBytes_FromStringAndSize((const char *)pl + ia[i], (Py_ssize_t)il[i]);
-                if (b == NULL)
-                    goto done;
-            }
-            PyList_SET_ITEM(inners, i, b);
-        }
-    } else {
-        inners = Py_None;
-        Py_INCREF(inners);
-    }
-    result = Py_BuildValue("(nOOOOOnLO)", stop, codes, seqs, plain, iat, ilen, accepted,
-                           inner_bytes, inners);
+    result = unprot_finish(&u, stop, accepted, inner_bytes);
 done:
-    Py_XDECREF(codes);
-    Py_XDECREF(seqs);
-    Py_XDECREF(plain);
-    Py_XDECREF(iat);
-    Py_XDECREF(ilen);
-    Py_XDECREF(inners);
-    PyMem_Free(ptr);
-    PyMem_Free(plen);
-    release_views(&pv);
-    PyBuffer_Release(&buf);
-    PyBuffer_Release(&offs);
-    PyBuffer_Release(&lens);
-    PyBuffer_Release(&s.tmpl);
+    unprot_release(&u);
     return result;
 }
 
@@ -2484,6 +2578,262 @@ done:
     return result;
 }
 
+/* The fused calls of a Chain (AES-CBC or AES-CTR, then a MAC; no ESN): the framing and rules
+ * of the Aead ones, the crypto as one multi-buffer job per packet. */
+static int
+chain_fused_ivb(ChainObject *self)
+{
+    if (self->mac == NULL || self->cipher == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the fused calls need a Chain with a cipher");
+        return -1;
+    }
+    int ivb = self->cipher->kind == K_CBC ? 16 : 8;
+    if (self->cipher_at != 8 + ivb) {
+        PyErr_Format(PyExc_ValueError, "cipher_at %d is not 8 + a %d-byte IV", self->cipher_at, ivb);
+        return -1;
+    }
+    return ivb;
+}
+
+/* One packet's job: cipher (CBC IV or CTR counter block at iv) over `len` bytes from
+ * cipher_at, MAC over the ESP header, IV and cipher text into tag. */
+static void
+chain_fused_job(IMB_MGR *mgr, const ChainObject *c, int enc, const uint8_t *esp, uint8_t *dst,
+                int64_t len, const uint8_t *iv, uint8_t *tag, int *failed)
+{
+    IMB_JOB *job = IMB_GET_NEXT_JOB(mgr);
+    cipher_job(job, c->cipher, enc, iv);
+    job->cipher_start_src_offset_in_bytes = (uint64_t)c->cipher_at;
+    job->msg_len_to_cipher_in_bytes = (uint64_t)len;
+    job->chain_order = enc ? IMB_ORDER_CIPHER_HASH : IMB_ORDER_HASH_CIPHER;
+    job->src = esp;
+    job->dst = dst;
+    job->hash_start_src_offset_in_bytes = 0;
+    job->msg_len_to_hash_in_bytes = (uint64_t)(c->cipher_at + len);
+    mac_job(job, c->mac, tag, (uint64_t)c->icv_bytes);
+    job = IMB_SUBMIT_JOB(mgr);
+    while (job != NULL) {
+        *failed |= job->status != IMB_STATUS_COMPLETED;
+        job = IMB_GET_COMPLETED_JOB(mgr);
+    }
+}
+
+static int
+chain_fused_flush(IMB_MGR *mgr)
+{
+    int failed = 0;
+    IMB_JOB *job;
+    while ((job = IMB_FLUSH_JOB(mgr)) != NULL)
+        failed |= job->status != IMB_STATUS_COMPLETED;
+    return failed;
+}
+
+/* A CTR counter block: salt, the packet's 8-byte IV, counter 1 (RFC 3686). */
+static inline void
+ctr_block(uint8_t *blk, const uint8_t *salt, const uint8_t *iv)
+{
+    memcpy(blk, salt, 4);
+    memcpy(blk + 4, iv, 8);
+    put32(blk + 12, 1);
+}
+
+/* Chain.esp_protect_into(buf, offsets, lengths, template, flags, salt, block, seq0, ident0
+ *                        [, csum_start, csum_offset, ivs]): Aead.esp_protect_into for
+ * encrypt-then-MAC; `ivs` is n x 16 random bytes for AES-CBC (the caller's CSPRNG), None for
+ * AES-CTR (the IV is the sequence number). */
+static PyObject *
+chain_esp_protect_into(ChainObject *self, PyObject *args)
+{
+    PyObject *bo, *oo, *lo, *to, *so, *io = Py_None, *wl = NULL, *result = NULL;
+    int flags, block;
+    unsigned long long seq0;
+    unsigned int ident0;
+    Py_ssize_t cs_start = -1, cs_off = 0, n = -1, sixteen = 16;
+    fused_spec s = {0};
+    Py_buffer buf = {0}, offs = {0}, lens = {0}, ivs = {0};
+    int *tos = NULL;
+    uint8_t *scratch = NULL;
+    int64_t *plens = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOiOiKI|nnO:esp_protect_into", &bo, &oo, &lo, &to, &flags,
+                          &so, &block, &seq0, &ident0, &cs_start, &cs_off, &io))
+        return NULL;
+    int ivb = chain_fused_ivb(self);
+    IMB_MGR *mgr = get_mgr();
+    if (ivb < 0 || mgr == NULL)
+        return NULL;
+    if (cs_start > FUSED_MAX || cs_off < 0 || cs_off > 64) {
+        PyErr_Format(PyExc_ValueError, "checksum at %zd + %zd is out of range", cs_start, cs_off);
+        return NULL;
+    }
+    if (flags & FUSED_ESN || (ivb == 16 && block % 16)) {
+        PyErr_SetString(PyExc_ValueError, "a Chain frames no ESN, and AES-CBC pads to 16 bytes");
+        return NULL;
+    }
+    if (spec_get(to, flags, so, block, ivb, &s) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(bo, &buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        goto done;
+    if (get_i64(oo, &offs, &n, "offsets") < 0 || get_i64(lo, &lens, &n, "lengths") < 0)
+        goto done;
+    if (n > MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, n);
+        goto done;
+    }
+    if (ivb == 16 ? get_rows(io, &ivs, n, &sixteen, "ivs") < 0 : io != Py_None) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "ivs must be None for AES-CTR");
+        goto done;
+    }
+    if (check_regions(offs.buf, lens.buf, n, buf.len, -s.head, 0, 0, FUSED_MAX, "packet") < 0)
+        goto done;
+    if (seq0 > UINT64_MAX - (uint64_t)n - 1) {
+        PyErr_SetString(PyExc_ValueError, "sequence numbers would wrap");
+        goto done;
+    }
+    const int64_t *off = offs.buf, *len = lens.buf;
+    uint8_t *wb = buf.buf;
+    int icv = self->icv_bytes;
+    tos = PyMem_Malloc(n ? (size_t)n * 2 * sizeof(int) : 1);
+    plens = PyMem_Malloc(n ? (size_t)n * sizeof(int64_t) : 1);
+    scratch = malloc(n ? (size_t)n * 80 : 1);       /* a tag (64) and a counter block (16) each */
+    wl = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (tos == NULL || plens == NULL || scratch == NULL || wl == NULL) {
+        if (wl != NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *w = (int64_t *)PyBytes_AS_STRING(wl);
+    long long inner_bytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned df;
+        uint8_t nh;
+        if (!fused_inner(&s, wb + off[i], len[i], icv, &tos[2 * i], &df, &nh, &w[i])) {
+            result = PyLong_FromSsize_t(i);
+            goto done;
+        }
+        if ((uint64_t)off[i] - (uint64_t)s.head + (uint64_t)w[i] > (uint64_t)buf.len) {
+            PyErr_Format(PyExc_ValueError, "packet %zd: its %lld-byte ESP packet from byte %lld "
+                         "does not fit the %zd-byte buffer (too little room after it)", i,
+                         (long long)w[i], (long long)(off[i] - s.head), buf.len);
+            goto done;
+        }
+        tos[2 * i + 1] = (int)(df | (unsigned)nh << 16);
+        inner_bytes += len[i];
+    }
+    int failed = 0;
+    const uint8_t *iv_rows = ivs.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *h = wb + off[i] - s.head, *esp = h + s.esp_at, *blk = scratch + 80 * i + 64;
+        if (cs_start >= 0)
+            complete_csum(wb + off[i], len[i], cs_start, cs_off);
+        plens[i] = fused_frame_one(&s, h, len[i], icv, tos[2 * i], tos[2 * i + 1] & 0xFFFF,
+                                   (uint8_t)(tos[2 * i + 1] >> 16), seq0 + 1 + (uint64_t)i,
+                                   (ident0 + 1 + (unsigned)i) & 0xFFFF,
+                                   ivb == 16 ? iv_rows + 16 * i : NULL);
+        if (ivb == 8)
+            ctr_block(blk, s.salt, esp + 8);
+        chain_fused_job(mgr, self, 1, esp, esp + self->cipher_at, plens[i],
+                        ivb == 16 ? esp + 8 : blk, scratch + 80 * i, &failed);
+    }
+    failed |= chain_fused_flush(mgr);
+    for (Py_ssize_t i = 0; i < n; i++)
+        memcpy(wb + off[i] - s.head + s.esp_at + self->cipher_at + plens[i], scratch + 80 * i,
+               (size_t)icv);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_Format(PyExc_RuntimeError, "intel-ipsec-mb refused a job of the batch: %s",
+                     imb_get_strerror(imb_get_errno(mgr)));
+        goto done;
+    }
+    result = Py_BuildValue("(OL)", wl, inner_bytes);
+done:
+    if (scratch != NULL) {
+        explicit_bzero(scratch, n > 0 ? (size_t)n * 80 : 1);
+        free(scratch);
+    }
+    Py_XDECREF(wl);
+    PyMem_Free(tos);
+    PyMem_Free(plens);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&ivs);
+    PyBuffer_Release(&s.tmpl);
+    return result;
+}
+
+/* Chain.esp_unprotect(...): Aead.esp_unprotect for encrypt-then-MAC (no ESN): every packet of
+ * the run is verified and decrypted by one job each, then judged in order. */
+static PyObject *
+chain_esp_unprotect(ChainObject *self, PyObject *args)
+{
+    unprot u;
+    PyObject *result = NULL;
+    uint8_t *scratch = NULL;
+    int ivb = chain_fused_ivb(self);
+    IMB_MGR *mgr = get_mgr();
+    if (ivb < 0 || mgr == NULL)
+        return NULL;
+    if (unprot_begin(&u, args, self->icv_bytes, ivb, ivb == 16 ? 16 : 1) < 0)
+        goto done;
+    if (u.s.flags & FUSED_ESN) {
+        PyErr_SetString(PyExc_ValueError, "a Chain frames no ESN");
+        goto done;
+    }
+    scratch = malloc(u.m ? (size_t)u.m * 80 : 1);
+    if (scratch == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t stop = u.m, accepted = 0;
+    long long inner_bytes = 0;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < u.m; i++) {
+        const uint8_t *esp = u.ptr[i] + u.s.esp_at;
+        uint8_t *blk = scratch + 80 * i + 64;
+        if (ivb == 8)
+            ctr_block(blk, u.s.salt, esp + 8);
+        chain_fused_job(mgr, self, 0, esp, u.pl + u.ia[i], u.plen[i] - u.s.head - u.icv,
+                        ivb == 16 ? esp + 8 : blk, scratch + 80 * i, &failed);
+    }
+    failed |= chain_fused_flush(mgr);
+    uint64_t running = u.top;
+    for (Py_ssize_t i = 0; i < u.m && !failed; i++) {
+        uint64_t full = unprot_seq(&u, i);
+        if (full <= running) {
+            stop = i;
+            break;
+        }
+        const uint8_t *icv_at = u.ptr[i] + u.plen[i] - u.icv;
+        int verdict = unprot_judge(&u, i, !ct_diff(scratch + 80 * i, icv_at, (size_t)u.icv), full,
+                                   &inner_bytes);
+        if (verdict < 0) {
+            stop = i;
+            break;
+        }
+        if (verdict) {
+            running = full;
+            accepted++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_Format(PyExc_RuntimeError, "intel-ipsec-mb refused a job of the batch: %s",
+                     imb_get_strerror(imb_get_errno(mgr)));
+        goto done;
+    }
+    result = unprot_finish(&u, stop, accepted, inner_bytes);
+done:
+    if (scratch != NULL) {
+        explicit_bzero(scratch, u.m ? (size_t)u.m * 80 : 1);
+        free(scratch);
+    }
+    unprot_release(&u);
+    return result;
+}
+
 static PyObject *chain_seal_batch(ChainObject *s, PyObject *a) { return chain_batch(s, a, 1); }
 static PyObject *chain_open_batch(ChainObject *s, PyObject *a) { return chain_batch(s, a, 0); }
 
@@ -2496,6 +2846,12 @@ static PyMethodDef chain_methods[] = {
      "esp_seal(packets, heads, head_len, nhs, block, ivs, his) -> [framed, sealed bytes]"},
     {"esp_open", (PyCFunction)chain_esp_open, METH_VARARGS,
      "esp_open(packets, esp_at, lengths, ivs) -> (verdicts, plaintexts)"},
+    {"esp_protect_into", (PyCFunction)chain_esp_protect_into, METH_VARARGS,
+     "esp_protect_into(buf, offsets, lengths, template, flags, salt, block, seq0, ident0 "
+     "[, csum_start, csum_offset, ivs]): see Aead.esp_protect_into"},
+    {"esp_unprotect", (PyCFunction)chain_esp_unprotect, METH_VARARGS,
+     "esp_unprotect(packets | buf, offsets, lengths, template, flags, salt, top, window, "
+     "min_len): see Aead.esp_unprotect"},
     {"peek", (PyCFunction)obj_peek, METH_VARARGS, "peek(packets, k): see the module's peek"},
     {"cut", (PyCFunction)obj_cut, METH_VARARGS, "cut(buf, offsets, lengths): see the module's cut"},
     {NULL}

@@ -173,8 +173,7 @@ def fuzz_framing(m, rng, target, buf, offs, lens, n) -> int:
         calls.append(lambda: target.esp_open(packets, at, lens, rows, aads))
     else:
         calls.append(lambda: target.esp_open(packets, at, lens, rows))
-    if isinstance(target, m.Aead):
-        calls += fused_calls(m, rng, target, buf, offs, lens, packets)
+    calls += fused_calls(m, rng, target, buf, offs, lens, packets)
     for call in calls:
         try:
             call()
@@ -183,7 +182,7 @@ def fuzz_framing(m, rng, target, buf, offs, lens, n) -> int:
     return refused
 
 
-def template(flags: int, rng=None) -> bytes:
+def template(flags: int, ivb: int = 8) -> bytes:
     """A fused-call template (outer header, [UDP], SPI, sequence number and IV room)."""
     proto = 17 if flags & 2 else 50
     if flags & 1:
@@ -193,18 +192,25 @@ def template(flags: int, rng=None) -> bytes:
     udp = bytes((0x11, 0x94, 0x11, 0x94, 0, 0, 0, 0)) if flags & 2 else b""
     if flags & 8:                     # FUSED_BARE: the ESP part alone
         outer = udp = b""
-    return outer + udp + b"\0\0\x42\x42" + bytes(12)
+    return outer + udp + b"\0\0\x42\x42" + bytes(4 + ivb)
 
 
 def fused_calls(m, rng, aead, buf, offs, lens, packets) -> list:
-    """Hostile calls of the fused entry points (esp_protect, esp_protect_into, esp_unprotect),
-    half of them on ESP packets the call itself made and then damaged, so the opening path,
-    not only the argument checks, meets bad input."""
+    """Hostile calls of the fused entry points (esp_protect, esp_protect_into, esp_unprotect;
+    a Chain's with AES-CBC IVs), half of them on ESP packets the call itself made and then
+    damaged, so the opening path, not only the argument checks, meets bad input."""
+    chain = isinstance(aead, m.Chain)
+    ivb = aead.cipher_at - 8 if chain else 8
     flags = rng.choice([0, 1, 2, 4, 5, 6, 7, 8, 10, 15, 16, -1])
     good = flags if 0 <= flags < 16 else 0
-    tmpl = template(good) if rng.random() < 0.8 else rng.randbytes(rng.choice([0, 36, 44, 56, 60]))
-    salt = rng.randbytes(rng.choice([4, 4, 4, 0, 3, 12]))
-    block = rng.choice([4, 4, 1, 16, 0, 256])
+    if chain:
+        good &= ~4                                   # no ESN for a Chain
+    tmpl = template(good, ivb) if rng.random() < 0.8 else rng.randbytes(rng.choice([0, 36, 44, 56, 60]))
+    good_salt = bytes(4) if ivb == 8 else b""
+    salt = rng.choice([good_salt, good_salt, rng.randbytes(rng.choice([0, 3, 4, 12]))])
+    block = rng.choice([16 if ivb == 16 else 4, 4, 1, 16, 0, 256])
+    ivs = rng.choice([None, rng.randbytes(16 * len(offs)), b"x"]) if chain else None
+    extra = (-1, 0, ivs) if chain else ()
     edge = [0, 1, (1 << 32) - 1, (1 << 62) - 1, 1 << 62, (1 << 64) - 1, 1 << 64, -1]
     seq0, top = rng.choice(edge), rng.choice(edge)
     window = rng.choice([0, 32, 64, 1024, 1 << 31, (1 << 31) + 1, -1])
@@ -213,8 +219,22 @@ def fused_calls(m, rng, aead, buf, offs, lens, packets) -> list:
              for k in rng.choices([0, 1, 40, 300], k=len(packets))] if rng.random() < 0.7 else packets
     wire = []
     try:
-        done = aead.esp_protect(inner, template(good), good, bytes(4), 4, 0, 0)
-        wire = done[0] if isinstance(done, tuple) else []
+        if chain:
+            head = len(template(good, ivb))
+            room = bytearray()
+            at = []
+            for p in inner:
+                at.append(len(room) + head)
+                room += bytes(head) + p + bytes(40)
+            done = aead.esp_protect_into(room, np.array(at, np.int64), np.array([len(p) for p in inner], np.int64),
+                                         template(good, ivb), good, good_salt, 16 if ivb == 16 else 4, 0, 0,
+                                         -1, 0, os.urandom(16 * len(inner)) if ivb == 16 else None)
+            if isinstance(done, tuple):
+                wire = [bytes(room[o - head:o - head + w])
+                        for o, w in zip(at, np.frombuffer(done[0], np.int64).tolist())]
+        else:
+            done = aead.esp_protect(inner, template(good), good, bytes(4), 4, 0, 0)
+            wire = done[0] if isinstance(done, tuple) else []
     except (ValueError, TypeError, OverflowError):
         pass
     damaged = []
@@ -228,16 +248,20 @@ def fused_calls(m, rng, aead, buf, offs, lens, packets) -> list:
     joined = bytearray(b"".join(damaged))
     starts = np.cumsum([0] + [len(d) for d in damaged[:-1]]).astype(np.int64) if damaged else offs
     sizes = np.array([len(d) for d in damaged], np.int64) if damaged else lens
-    return [
-        lambda: aead.esp_protect(packets, tmpl, flags, salt, block, seq0, rng.choice([0, 65535, 1 << 32])),
-        lambda: aead.esp_protect_into(buf, offs, lens, tmpl, flags, salt, block, seq0, 1),
-        lambda: aead.esp_protect_into(joined, starts, sizes, template(good), good, bytes(4), 4, 0, 0),
-        lambda: aead.esp_unprotect(damaged or packets, None, None, template(good), good, bytes(4),
-                                   top, window, rng.choice([min_len, 60])),
+    calls = [
+        lambda: aead.esp_protect_into(buf, offs, lens, tmpl, flags, salt, block, seq0, 1, *extra),
+        lambda: aead.esp_protect_into(joined, starts, sizes, template(good, ivb), good, good_salt, block,
+                                      0, 0, *extra),
+        lambda: aead.esp_unprotect(damaged or packets, None, None, template(good, ivb), good, good_salt,
+                                   top, window, rng.choice([min_len, 60, 80])),
         lambda: aead.esp_unprotect(joined if damaged else buf, starts, sizes, tmpl, flags, salt,
                                    top, window, min_len),
         lambda: aead.esp_unprotect(buf, offs, None, tmpl, flags, salt, top, window, min_len),
     ]
+    if not chain:
+        calls.append(lambda: aead.esp_protect(packets, tmpl, flags, salt, block, seq0,
+                                              rng.choice([0, 65535, 1 << 32])))
+    return calls
 
 
 @needs_ext

@@ -296,7 +296,7 @@ def test_esp_only_calls_equal_one_by_one(backend, proposal, shape, monkeypatch):
     monkeypatch.setattr(os, "urandom", _Stream())
     many = []
     for part in chunks(packets, (64, 33, 23)):
-        res = batched.protect_packets(PacketBatch.from_packets(part, headroom=16, tailroom=32),
+        res = batched.protect_packets(PacketBatch.from_packets(part, headroom=24, tailroom=32),
                                       now=0.0, esp_only=True)
         many += res.packets()
     monkeypatch.undo()
@@ -307,13 +307,16 @@ def test_esp_only_calls_equal_one_by_one(backend, proposal, shape, monkeypatch):
     same = [bytes((0x45, 0)) + (1400).to_bytes(2, "big") + s[4:] for s in same]
     wire_len = len(single.protect(same[0], now=0.0)) - strip
     stride = wire_len
+    head = 8 + batched.engine.iv_bytes
     buf = bytearray(stride * len(same))
     for k, p in enumerate(same):
-        buf[k * stride + 16:k * stride + 16 + len(p)] = p
-    offs = np.arange(len(same), dtype=np.int64) * stride + 16
-    res = batched.protect_packets(PacketBatch(buf, offs, np.full(len(same), 1400, np.int64), 16, stride - 1416),
-                                  now=0.0, esp_only=True)
-    if backend == "ipsecmb" and "sha" not in proposal and shape["outer"] == V4:
+        buf[k * stride + head:k * stride + head + len(p)] = p
+    offs = np.arange(len(same), dtype=np.int64) * stride + head
+    res = batched.protect_packets(PacketBatch(buf, offs, np.full(len(same), 1400, np.int64), head,
+                                              stride - 1400 - head), now=0.0, esp_only=True)
+    assert batched.frames_batches == (backend == "ipsecmb" and shape["outer"] == V4
+                                      and not ("sha" in proposal and shape.get("esn")))
+    if batched.frames_batches:
         assert res.buf is buf and res.offsets.tolist() == list(range(0, stride * len(same), stride))
         assert res.lengths.tolist() == [stride] * len(same)
     # inbound: the damaged mix without outer headers

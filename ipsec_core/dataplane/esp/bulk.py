@@ -247,8 +247,12 @@ class _Bulk:
         # A backend that frames a whole AEAD batch in one call (ipsecmb: `esp_protect`,
         # `esp_protect_into`, `esp_unprotect`) gets the template and these rules' parameters;
         # what it leaves (an odd packet) comes back here, to the numpy path and the engine.
-        self.fused = (self.aead and self.ivb == 8 and len(self.salt) == 4
-                      and hasattr(crypto, "esp_unprotect"))
+        fused_aead = self.aead and self.ivb == 8 and len(self.salt) == 4
+        fused_chain = (not self.aead and not self.null and not engine.esn and (
+            (not engine.ctr and self.ivb == 16) or (engine.ctr and self.ivb == 8 and len(self.salt) == 4)))
+        self.fused = (fused_aead or fused_chain) and hasattr(crypto, "esp_unprotect")
+        self.fused_list_protect = self.fused and hasattr(crypto, "esp_protect")
+        self.fused_cbc = self.fused and fused_chain and not engine.ctr
         if self.fused:
             self.fused_tmpl = self.template.tobytes()
             self.fused_flags = ((FUSED_V6 if engine.outer_v6 else 0) | (FUSED_UDP if engine.encap else 0)
@@ -263,7 +267,7 @@ class _Bulk:
         if n < MIN_BULK_BATCH:
             return engine.protect_batch_generic(packets, now)
         limit = 0xFFFFFFFFFFFFFFFF if engine.esn else 0xFFFFFFFF
-        if self.fused and sa.seq + n <= min(limit, _INT64_SAFE) and (
+        if self.fused_list_protect and sa.seq + n <= min(limit, _INT64_SAFE) and (
                 not sa._has_lifetime or _limits_allow(sa, n, 65535 * n)):
             packets = packets if type(packets) is list else list(packets)
             if sa._has_lifetime or sa.hard_expired:
@@ -336,7 +340,7 @@ class _Bulk:
         engine, sa = self.engine, self.sa
         n = len(batch)
         limit = 0xFFFFFFFFFFFFFFFF if engine.esn else 0xFFFFFFFF
-        head = 16 if esp_only else self.head
+        head = 8 + self.ivb if esp_only else self.head
         if (self.fused and n and batch.headroom >= head
                 and (batch.tailroom >= self.block + 1 + self.icv or (
                     batch.tailroom >= 2 + self.icv and bool(
@@ -349,7 +353,7 @@ class _Bulk:
                 batch.buf, batch.offsets, batch.lengths,
                 self.bare_tmpl if esp_only else self.fused_tmpl,
                 self.fused_flags | (FUSED_BARE if esp_only else 0), self.salt, self.block, sa.seq,
-                engine.ident, *(inner_csum or (-1, 0)))
+                engine.ident, *(inner_csum or (-1, 0)), *((os.urandom(16 * n),) if self.fused_cbc else ()))
             if done.__class__ is tuple:
                 self._count_protected(n, done[1])
                 return PacketBatch(batch.buf, batch.offsets - head, np.frombuffer(done[0], np.int64))
