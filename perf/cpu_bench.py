@@ -61,11 +61,12 @@ IMIX = [64] * 7 + [576] * 4 + [1400]       # the classic simple IMIX, 7:4:1
 
 
 def imix_rates(count: int, repeats: int, batch: int = 256, *, proposal: str = "aes128gcm16",
-               backend: str = "aesni") -> dict:
+               backend: str = "aesni", api: str = "list") -> dict:
     """`proposal` on `backend` on batches of mixed sizes (IMIX, shuffled), against the backend's
     bare call and cryptography's bare AES-128-GCM call looping over the same payload sizes."""
     import random
 
+    from ipsec_core.dataplane.batch import PacketBatch
     from ipsec_core.tools.perf import aesgcm_call, bare_call, sa_pair
 
     out_sa, new_inbound = sa_pair(proposal, backend=backend)
@@ -76,7 +77,8 @@ def imix_rates(count: int, repeats: int, batch: int = 256, *, proposal: str = "a
     rounds = max(1, count // batch)
     calls = {(s, d): bare_call(out_sa, s, d) for s in set(IMIX) for d in ("protect", "unprotect")}
     gcms = {(s, d): aesgcm_call(s, d) for s in set(IMIX) for d in ("protect", "unprotect")}
-    row = {"proposal": proposal, "backend": backend, "batch": batch, "mix": "64:576:1400 = 7:4:1"}
+    row = {"proposal": proposal, "backend": backend, "batch": batch, "mix": "64:576:1400 = 7:4:1",
+           "api": api}
     for direction in ("protect", "unprotect"):
         runs = []
         work = [(calls[(s, direction)][0], calls[(s, direction)][1]) for s in sizes]
@@ -86,6 +88,8 @@ def imix_rates(count: int, repeats: int, batch: int = 256, *, proposal: str = "a
             inbound = new_inbound()
             for _ in range(rounds):         # bare and ESP alternate batch by batch
                 wire = out_sa.protect_batch(packets, now=time.monotonic()) if direction == "unprotect" else None
+                if api == "batch":        # laid out untimed, as a driver's read lays it out
+                    todo = PacketBatch.from_packets(packets if wire is None else wire, headroom=64, tailroom=32)
                 start = time.perf_counter()
                 for fn, args in work:
                     fn(*args)
@@ -95,7 +99,12 @@ def imix_rates(count: int, repeats: int, batch: int = 256, *, proposal: str = "a
                     fn(a, b, c)
                 gcm_elapsed += time.perf_counter() - start
                 start = time.perf_counter()
-                if direction == "protect":
+                if api == "batch":
+                    if direction == "protect":
+                        out_sa.protect_packets(todo, now=time.monotonic())
+                    else:
+                        inbound.unprotect_packets(todo, now=time.monotonic())
+                elif direction == "protect":
                     out_sa.protect_batch(packets, now=time.monotonic())
                 else:
                     inbound.unprotect_batch(wire, now=time.monotonic())
@@ -120,6 +129,8 @@ def main() -> int:
                     help="comma-separated (ipsecmb too: then IMIX runs for every proposal on "
                          "ipsecmb and aesni); unavailable ones are skipped with a line saying so")
     ap.add_argument("--no-scapy", action="store_true", help="skip scapy's rows")
+    ap.add_argument("--api", choices=("list", "batch", "both"), default="list",
+                    help="protect_batch/unprotect_batch on lists, *_packets on PacketBatches, or both")
     ap.add_argument("--no-tune-allocator", action="store_true",
                     help="leave glibc's malloc at its defaults (see ipsec_core.vpn.tuning)")
     args = ap.parse_args()
@@ -127,6 +138,7 @@ def main() -> int:
         from ipsec_core.vpn.tuning import tune_allocator
         tune_allocator()
     count = 4000 if args.quick else 40000
+    apis = ("list", "batch") if args.api == "both" else (args.api,)
     records = []
     from ipsec_core.crypto.registry import get_registry
 
@@ -144,23 +156,25 @@ def main() -> int:
         n = counts.get(backend, count // 10)
         for proposal in PROPOSALS:
             for size in SIZES:
-                rs = measure(backend=backend, proposal=proposal, size=size, count=n,
-                             batch=min(256, n),
-                             repeats=args.repeats if backend in ("aesni", "ipsecmb") else 3)
-                for r in rs:
-                    print(f"{r.backend:10} {r.proposal:17} {r.size:5} {r.direction:9} "
-                          f"{r.pps:12,.0f} pps {r.gbps:7.3f} Gbit/s  bare {r.bare_pps:12,.0f}  "
-                          f"ratio {r.ratio:.2f}  AESGCM {r.aesgcm_pps:12,.0f}  "
-                          f"x{r.vs_aesgcm:.2f}  [{r.batch_path}]", flush=True)
-                records += [r.as_dict() for r in rs]
+                for api in apis:
+                    rs = measure(backend=backend, proposal=proposal, size=size, count=n,
+                                 batch=min(256, n), api=api,
+                                 repeats=args.repeats if backend in ("aesni", "ipsecmb") else 3)
+                    for r in rs:
+                        print(f"{r.backend:10} {r.proposal:17} {r.size:5} {r.direction:9} {api:5} "
+                              f"{r.pps:12,.0f} pps {r.gbps:7.3f} Gbit/s  bare {r.bare_pps:12,.0f}  "
+                              f"ratio {r.ratio:.2f}  AESGCM {r.aesgcm_pps:12,.0f}  "
+                              f"x{r.vs_aesgcm:.2f}  [{r.batch_path}]", flush=True)
+                    records += [r.as_dict() for r in rs]
     imix = []
     imix_combos = ([(b, p) for b in chosen if b in ("ipsecmb", "aesni") for p in PROPOSALS]
                    if "ipsecmb" in chosen else [("aesni", "aes128gcm16")])
     for backend, proposal in imix_combos:
-        row = imix_rates(4096 if args.quick else 40960, args.repeats, proposal=proposal,
-                         backend=backend)
-        print("imix", row, flush=True)
-        imix.append(row)
+        for api in apis:
+            row = imix_rates(4096 if args.quick else 40960, args.repeats, proposal=proposal,
+                             backend=backend, api=api)
+            print("imix", row, flush=True)
+            imix.append(row)
     scapy = []
     for size in (() if args.no_scapy else (64, 1400)):
         row = scapy_rates(size, 500 if args.quick else 2000, 3)
@@ -168,6 +182,8 @@ def main() -> int:
         scapy.append(row)
     result = {
         "command": "python3 perf/cpu_bench.py" + (" --quick" if args.quick else "")
+                   + (f" --backends {args.backends}" if args.backends != "aesni,cryptodome,reference" else "")
+                   + (f" --api {args.api}" if args.api != "list" else "")
                    + (" --no-tune-allocator" if args.no_tune_allocator else ""),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpus": os.cpu_count()},

@@ -6,8 +6,9 @@ expands its key once, when the SA binds it, and wipes it when the SA goes), the 
 backend is unavailable when the extension was not built, and the batch calls the ESP batch
 path uses (`BatchAead` for the AEADs; `encrypt_then_mac` for a cipher and a MAC of this
 backend, run through the library's multi-buffer job API).
-Must not: hold protocol rules (nonce layout, ICV truncation on the wire, padding, sequence
-numbers): those live in the core.
+Must not: hold protocol rules of its own (nonce layout, ICV truncation on the wire, padding,
+sequence numbers live in the core); the extension's fused ESP calls apply the core's bulk-path
+rules to whole batches (`ipsec_core.dataplane.esp.bulk`), tested byte for byte against it.
 
 The extension is optional: `setup.py` builds it at install when a C compiler, Python's headers
 and the library's headers (Debian: libipsec-mb-dev) are there, and skips it with a message

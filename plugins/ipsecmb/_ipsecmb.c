@@ -2,9 +2,13 @@
  *
  * Owns: expanding a key once (at object creation), computing one message or a batch of
  * messages laid out in one caller-owned buffer, and wiping the expanded keys when the object
- * goes.  Must not: hold any protocol rule (nonces, ICV truncation on the wire, padding,
- * sequence numbers live in ipsec_core), or keep a pointer into a caller's buffer after a call
- * returns.
+ * goes; and the fused tunnel-mode ESP calls (esp_protect, esp_protect_into, esp_unprotect),
+ * which apply the rules of ipsec_core.dataplane.esp.bulk to a whole batch in one call, from a
+ * template and parameters the core gives, and hand back every packet those rules do not cover.
+ * Must not: decide anything the core's bulk path would decide differently (the byte-for-byte
+ * tests against one-by-one ESP hold both to that), keep any state between calls (sequence
+ * numbers, the replay window and counters stay in the core), or keep a pointer into a
+ * caller's buffer after a call returns.
  *
  * Memory safety, the rules every entry point follows:
  * - every buffer is taken through the buffer protocol and released before returning;

@@ -5,7 +5,13 @@ Owns: the protocol work over a whole batch (outer IP and UDP headers, ESP header
 nonces, AADs, padding and trailer, checksums, the replay pre-check, lifetimes, counters) done
 with numpy over one buffer, and the crypto done by one backend call per run of packets
 (`BatchAead.seal_batch` / `open_batch`, or `BatchEncryptThenMac`); a backend without them gets
-`LoopAead` / `LoopEncryptThenMac`, loops over its single-packet primitives.
+`LoopAead` / `LoopEncryptThenMac`, loops over its single-packet primitives.  A backend whose
+batch objects frame ESP themselves gets the whole batch in one call instead: `EspFraming`
+(the numpy-computed header rows, sealed per packet), or the fused calls (`esp_protect`,
+`esp_protect_into`, `esp_unprotect`: ipsecmb, for AEADs with an 8-byte IV and for AES-CBC /
+AES-CTR with a MAC without ESN), which take a template of the fixed header bytes and apply
+these rules in C, stopping at the first packet they leave to the engine.  `protect_packets` /
+`unprotect_packets` run those on a `PacketBatch` in place, with no object per packet.
 Must not: decide anything differently from `engine.EspEngine.protect` / `unprotect`.  Every
 packet the vector checks do not recognise (malformed, foreign, too big, a sequence number that
 is not right of the window and increasing, odd padding, a dummy packet, an ECN rewrite, ...)
