@@ -65,11 +65,7 @@ try:
 except ImportError:       # pragma: no cover - numpy is optional; without it no TSO reads
     _np = None
 if _np is not None:
-    # coalesce_batch: the IP header bytes neighbours must share (of a packet's first 128)
-    _V4_SAME = _np.zeros(128, bool)
-    _V4_SAME[[1, 8, 9, *range(12, 20)]] = True
-    _V6_SAME = _np.zeros(128, bool)
-    _V6_SAME[[0, 1, 2, 3, *range(7, 40)]] = True
+    _COLUMNS = _np.arange(128, dtype=_np.int64)      # coalesce_batch's header gather
 _U16 = struct.Struct("!H")
 
 IFNAMSIZ = 16
@@ -540,62 +536,49 @@ def coalesce_batch(batch) -> list[tuple[bytes, int]]:
     in order, runs of TCP segments of one flow merged into one GSO packet, every other packet
     as it is.  The merge rules are `coalesce_tcp`'s, checked for all neighbours at once (a
     little stricter: a segment after a shorter one starts a new run), the payloads of a run
-    of equally spaced segments copied in one step."""
+    of equally spaced segments copied in one step.  A batch that mixes IP versions, IPv4
+    options or TCP header lengths takes `coalesce_tcp` itself."""
     np = _np
     n = len(batch)
     buf = batch.buf
-    u = np.frombuffer(buf, np.uint8)
     offs, lens = batch.offsets, batch.lengths
     if n < 2 or int(lens.min()) < 41:
         return [(_PLAIN_HDR + p, 1) for p in batch.packets()]
-    # The first 128 bytes of every packet (zeros past a short one's end): room for the
-    # largest IPv6 + TCP header with options.
-    cols = np.arange(128)
-    idx = np.minimum(offs[:, None] + cols, len(u) - 1)
-    h = np.where(cols < lens[:, None], u[idx], 0)
-    v4 = h[:, 0] == 0x45
-    v6 = (h[:, 0] >> 4) == 6
-    ip = np.where(v4, 20, 40)
-    tot = (h[:, 2].astype(np.int64) << 8 | h[:, 3])
-    plen = (h[:, 4].astype(np.int64) << 8 | h[:, 5]) + 40
-    rows = np.arange(n)
-    th = lambda k: h[rows, ip + k]                        # noqa: E731 - byte k of the TCP header
-    doff = (th(12) >> 4).astype(np.int64) * 4
-    end = ip + doff
-    flags = th(13)
-    valid = (np.where(v4, (h[:, 9] == 6) & ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (tot == lens),
-                      v6 & (h[:, 6] == 6) & (plen == lens))
-             & (doff >= 20) & (end < lens) & ((flags & _TCP_ACK) != 0)
-             & ((flags & (0xFF ^ (_TCP_ACK | _TCP_PSH))) == 0))
+    u = np.frombuffer(buf, np.uint8)
+    first = u[offs]
+    v4 = bool(first[0] == 0x45)
+    ip = 20 if v4 else 40
+    doff = u[offs + ip + 12] >> 4
+    end = ip + int(doff[0]) * 4
+    if not ((first == first[0]).all() and (v4 or first[0] >> 4 == 6) and (doff == doff[0]).all()
+            and end >= ip + 20 and end < int(lens.min())):
+        return [(h + p, c) for h, p, c in coalesce_tcp(batch.packets())]
+    h = u[offs[:, None] + _COLUMNS[:end]]                 # every packet's headers, one gather
+    flags = h[:, ip + 13]
+    if v4:
+        tot = h[:, 2].astype(np.int64) << 8 | h[:, 3]
+        valid = (h[:, 9] == 6) & ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (tot == lens)
+    else:
+        plen = (h[:, 4].astype(np.int64) << 8 | h[:, 5]) + 40
+        valid = (h[:, 6] == 6) & (plen == lens)
+    valid &= ((flags & _TCP_ACK) != 0) & ((flags & (0xFF ^ (_TCP_ACK | _TCP_PSH))) == 0)
     pay = lens - end
-    seq = (th(4).astype(np.int64) << 24 | th(5).astype(np.int64) << 16 | th(6).astype(np.int64) << 8
-           | th(7))
+    seq = np.ascontiguousarray(h[:, ip + 4:ip + 8]).view(">u4")[:, 0].astype(np.int64)
     # What must be equal in neighbours: IPv4 TOS, TTL, protocol, addresses; IPv6 the first 4
     # and bytes 7..39; TCP ports, ACK number, header length, window, urgent pointer, options.
-    same_ip = np.where(v4[1:, None], _V4_SAME, _V6_SAME)
-    ip_eq = ((h[1:] == h[:-1]) | ~same_ip).all(axis=1)
-    tcp_mask = (cols[None, :] >= ip[1:, None]) & (cols[None, :] < end[1:, None])
-    rel = cols[None, :] - ip[1:, None]
-    tcp_var = (rel >= 4) & (rel < 8) | (rel == 13) | (rel == 16) | (rel == 17)
-    tcp_eq = ((h[1:] == h[:-1]) | ~(tcp_mask & ~tcp_var)).all(axis=1)
+    same = h[:, _same_columns(v4, end)]
     psh = (flags & _TCP_PSH) != 0
-    c0 = (valid[1:] & valid[:-1] & (v4[1:] == v4[:-1]) & (end[1:] == end[:-1]) & ip_eq & tcp_eq
+    c0 = (valid[1:] & valid[:-1] & (same[1:] == same[:-1]).all(axis=1)
           & (seq[1:] == (seq[:-1] + pay[:-1]) & 0xFFFFFFFF) & ~psh[:-1] & (pay[1:] <= pay[:-1]))
     short = np.zeros(n - 1, bool)
     short[1:] = c0[:-1] & (pay[1:-1] < pay[:-2])
     cont = c0 & ~short
-    starts = np.flatnonzero(~cont) + 1
-    bounds = [0, *starts.tolist(), n]
+    bounds = [0, *(np.flatnonzero(~cont) + 1).tolist(), n]
     out: list[tuple[bytes, int]] = []
-    lens_l, offs_l, pay_l, end_l = lens.tolist(), offs.tolist(), pay.tolist(), end.tolist()
+    lens_l, offs_l, pay_l = lens.tolist(), offs.tolist(), pay.tolist()
+    gaps = np.diff(offs)
     for a, b in zip(bounds[:-1], bounds[1:]):
         while a < b:
-            if b - a == 1:
-                o = offs_l[a]
-                out.append((_PLAIN_HDR + bytes(buf[o:o + lens_l[a]]), 1))
-                a += 1
-                continue
-            e = end_l[a]
             # at most 64 segments and 65535 bytes in one merged packet
             k, total = a + 1, lens_l[a]
             while k < b and k - a < COALESCE_MAX_SEGMENTS and total + pay_l[k] <= 65535:
@@ -604,41 +587,58 @@ def coalesce_batch(batch) -> list[tuple[bytes, int]]:
             if k - a == 1:
                 o = offs_l[a]
                 out.append((_PLAIN_HDR + bytes(buf[o:o + lens_l[a]]), 1))
-                a += 1
-                continue
-            out.append(_merge_run(buf, u, offs_l, lens_l, pay_l, a, k, e, bool(v4[a]), total))
+            else:
+                even = k - a > 2 and bool((gaps[a:k - 2] == gaps[a]).all())
+                out.append(_merge_run(buf, u, offs_l, lens_l, pay_l, a, k, end, v4, total, even))
             a = k
     return out
 
 
-def _merge_run(buf, u, offs, lens, pay, a: int, b: int, end: int, v4: bool, total: int):
-    """Segments a..b-1 of a batch as one GSO write (see `coalesce_tcp`)."""
+_SAME: dict = {}
+
+
+def _same_columns(v4: bool, end: int):
+    """The header columns `coalesce_batch` requires equal in neighbours (see there)."""
+    key = (v4, end)
+    cols = _SAME.get(key)
+    if cols is None:
+        ip = 20 if v4 else 40
+        fixed = [1, 8, 9, *range(12, 20)] if v4 else [0, 1, 2, 3, *range(7, 40)]
+        tcp = [ip + r for r in (0, 1, 2, 3, 8, 9, 10, 11, 12, 14, 15, *range(18, end - ip))]
+        cols = _SAME[key] = _np.array(fixed + tcp, dtype=_np.int64)
+    return cols
+
+
+def _merge_run(buf, u, offs, lens, pay, a: int, b: int, end: int, v4: bool, total: int,
+               even: bool):
+    """Segments a..b-1 of a batch as one GSO write (see `coalesce_tcp`); `even`: the first
+    b-1-a lie equally far apart.  The payloads are copied once into the result (joined)."""
     o = offs[a]
     ip = 20 if v4 else 40
-    merged = bytearray(buf[o:o + end])
+    head = bytearray(buf[o:o + end])
     last = offs[b - 1]
-    merged[ip + 13] = buf[last + ip + 13]                  # PSH of the last segment
+    head[ip + 13] = buf[last + ip + 13]                    # PSH of the last segment
     d = offs[a + 1] - o
     mss = pay[a]
-    if b - a > 2 and all(offs[k + 1] - offs[k] == d for k in range(a, b - 2)) and d >= lens[a]:
-        body = u[o:o + (b - 1 - a) * d].reshape(b - 1 - a, d)[:, end:end + mss]
-        merged += body.tobytes()
+    view = memoryview(buf)
+    if even and d >= lens[a]:
+        body = [u[o:o + (b - 1 - a) * d].reshape(b - 1 - a, d)[:, end:end + mss].tobytes()]
     else:
-        merged += b"".join(buf[offs[k] + end:offs[k] + lens[k]] for k in range(a, b - 1))
-    merged += buf[last + end:last + lens[b - 1]]
+        body = [view[offs[k] + end:offs[k] + lens[k]] for k in range(a, b - 1)]
     tcp_len = total - ip
     if v4:
-        merged[2:4] = _U16.pack(total)
-        merged[10:12] = b"\0\0"
-        merged[10:12] = _U16.pack(~_fold(_sum16(merged[:20])) & 0xFFFF)
-        pseudo = _sum16(merged[12:20]) + 6 + tcp_len
+        head[2:4] = _U16.pack(total)
+        head[10:12] = b"\0\0"
+        head[10:12] = _U16.pack(~_fold(_sum16(head[:20])) & 0xFFFF)
+        pseudo = _sum16(head[12:20]) + 6 + tcp_len
         gso = VIRTIO_NET_HDR_GSO_TCPV4
     else:
-        merged[4:6] = _U16.pack(total - 40)
-        pseudo = _sum16(merged[8:40]) + 6 + tcp_len
+        head[4:6] = _U16.pack(total - 40)
+        pseudo = _sum16(head[8:40]) + 6 + tcp_len
         gso = VIRTIO_NET_HDR_GSO_TCPV6
-    merged[ip + 16:ip + 18] = _U16.pack(_fold(pseudo))
-    return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, end, mss, ip, 16) + bytes(merged), b - a
+    head[ip + 16:ip + 18] = _U16.pack(_fold(pseudo))
+    return b"".join((VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, end, mss, ip, 16), head, *body,
+                     view[last + end:last + lens[b - 1]])), b - a
 
 
 class TcpSuper:
