@@ -85,7 +85,7 @@ def verdict(v):
     return (v.reason, type(v)) if isinstance(v, PacketDropped) else v
 
 
-def run_both(out_cfg, in_cfg, packets, monkeypatch, *, sizes=(64, 37, 8, 200)):
+def run_both(out_cfg, in_cfg, packets, monkeypatch, *, sizes=(64, 37, 8, 1, 3, 200)):
     """Protect one by one and in batches; then unprotect a damaged mix both ways."""
     single, batch = (SecurityAssociation(out_cfg, now=0.0) for _ in range(2))
     batch.engine.ident = single.engine.ident
@@ -149,7 +149,7 @@ def test_batch_path_equals_one_by_one(backend, proposal, shape, monkeypatch):
         assert batch.engine._fast_unprotect.__qualname__ in ("_Bulk.unprotect_batch",) or (
             backend == "aesni" and "gcm" in proposal or "chacha" in proposal)
     one = [verdict(v) for v in _each(single, mix)]
-    many = [verdict(v) for part in chunks(mix, (64, 9, 100)) for v in batch.unprotect_batch(part, now=0.0)]
+    many = [verdict(v) for part in chunks(mix, (64, 9, 1, 2, 100)) for v in batch.unprotect_batch(part, now=0.0)]
     assert many == one
     assert single.state() == batch.state()
     assert sum(isinstance(v, bytes) for v in one) >= len(wire) // 3     # not all dropped

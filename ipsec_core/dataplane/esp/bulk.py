@@ -270,7 +270,7 @@ class _Bulk:
     def protect_batch(self, packets, now):
         engine, sa = self.engine, self.sa
         n = len(packets)
-        if n < MIN_BULK_BATCH:
+        if n < MIN_BULK_BATCH and not self.fused_list_protect:
             return engine.protect_batch_generic(packets, now)
         limit = 0xFFFFFFFFFFFFFFFF if engine.esn else 0xFFFFFFFF
         if self.fused_list_protect and sa.seq + n <= min(limit, _INT64_SAFE) and (
@@ -284,6 +284,8 @@ class _Bulk:
                 self._count_protected(n, done[1])
                 return done[0]
             # a packet the fused rules leave to the engine: the numpy path sorts the batch
+        if n < MIN_BULK_BATCH:
+            return engine.protect_batch_generic(packets, now)
         if self.framing:
             packets = packets if type(packets) is list else list(packets)
             lens_b, first = self.crypto.peek(packets, 8)
@@ -533,7 +535,7 @@ class _Bulk:
     def unprotect_batch(self, packets, now):
         engine, sa = self.engine, self.sa
         n = len(packets)
-        if n < MIN_BULK_BATCH:
+        if n < MIN_BULK_BATCH and not self.fused:
             return engine.unprotect_batch_generic(packets, now)
         if sa._has_lifetime and not _limits_allow(sa, n, 65535 * n):
             return engine.unprotect_batch_generic(packets, now)
@@ -542,6 +544,8 @@ class _Bulk:
         if self.fused and sa.replay.top < _INT64_SAFE:
             packets = packets if type(packets) is list else list(packets)
             return self._unprotect_fused(packets, None, None, now)[0]
+        if n < MIN_BULK_BATCH:
+            return engine.unprotect_batch_generic(packets, now)
         esp_at, hl = self.esp_at, self.head
         if self.framing_open:
             packets = packets if type(packets) is list else list(packets)
@@ -673,7 +677,7 @@ class _Bulk:
         the packets are the ESP part alone (SPI first, as a UDP socket receives them)."""
         n = len(batch)
         sa = self.sa
-        if not (self.fused and n >= MIN_BULK_BATCH and sa.replay.top < _INT64_SAFE) or (
+        if not (self.fused and n and sa.replay.top < _INT64_SAFE) or (
                 sa._has_lifetime and not _limits_allow(sa, n, 65535 * n)) or (
                 (sa._has_lifetime or sa.hard_expired) and sa.lifetime_event_due(now)):
             packets = batch.packets()
