@@ -21,13 +21,13 @@ ROOM = (64, 32)          # headroom, tailroom: enough for every proposal's heade
 def run(prop, size, backend="ipsecmb", mode="list", rounds=150, n=256):
     out, newin = sa_pair(prop, backend=backend)
     pk = make_packets(size, n)
-    wire = out.protect_batch(pk, now=0.0)
     res = {}
     for d in ("protect", "unprotect"):
         fn_g, a = aesgcm_call(size, d)
         ratios, esp_t, gcm_t = [], [], []
+        inb = newin()
         for _ in range(rounds):
-            inb = newin()
+            wire = out.protect_batch(pk, now=0.0) if d == "unprotect" else None   # fresh numbers
             if mode == "batch":
                 src = PacketBatch.from_packets(pk if d == "protect" else wire, headroom=ROOM[0],
                                                tailroom=ROOM[1])
