@@ -304,19 +304,7 @@ class TunDevice:
         return written
 
     def _write_coalesced(self, packets) -> int:
-        write, fd = os.write, self._fd
-        written = 0
-        for header, packet, count in coalesce_tcp(packets):
-            try:
-                write(fd, header + packet)
-            except OSError:
-                self.write_errors += count
-                continue
-            written += count
-            if count > 1:
-                self.coalesced_writes += 1
-        self.packets_written += written
-        return written
+        return self._write_framed((header + packet, count) for header, packet, count in coalesce_tcp(packets))
 
     def _enqueue(self, packets) -> int:
         """Hand a batch to the write thread; returns how many it took (all, unless it is more
@@ -499,24 +487,31 @@ def coalesce_tcp(packets):
             i += 1
             continue
         run = packets[i:j]
-        merged = bytearray(p[:end])
-        last = run[-1]
-        merged[ip + 13] = last[ip + 13]                      # PSH of the last segment
-        merged += b"".join(memoryview(q)[end:] for q in run)
-        tcp_len = total - ip
-        if v == 4:
-            merged[2:4] = _U16.pack(total)
-            merged[10:12] = b"\0\0"
-            merged[10:12] = _U16.pack(~_fold(_sum16(merged[:20])) & 0xFFFF)
-            pseudo = _sum16(merged[12:20]) + 6 + tcp_len
-            gso = VIRTIO_NET_HDR_GSO_TCPV4
-        else:
-            merged[4:6] = _U16.pack(total - 40)
-            pseudo = _sum16(merged[8:40]) + 6 + tcp_len
-            gso = VIRTIO_NET_HDR_GSO_TCPV6
-        merged[ip + 16:ip + 18] = _U16.pack(_fold(pseudo))
-        yield (VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, end, mss, ip, 16), bytes(merged), j - i)
+        head = bytearray(p[:end])
+        head[ip + 13] = run[-1][ip + 13]                     # PSH of the last segment
+        vnet = _gso_head(head, v == 4, end, mss, total)
+        yield vnet, bytes(head) + b"".join(memoryview(q)[end:] for q in run), j - i
         i = j
+
+
+def _gso_head(head: bytearray, v4: bool, end: int, mss: int, total: int) -> bytes:
+    """Turn the first segment's IP and TCP headers (`head`, `end` bytes) into those of a merged
+    GSO packet of `total` bytes (IP length, IPv4 checksum, the pseudo-header sum in the TCP
+    checksum field); returns its virtio_net_hdr (NEEDS_CSUM, segments of `mss`)."""
+    ip = 20 if v4 else 40
+    tcp_len = total - ip
+    if v4:
+        head[2:4] = _U16.pack(total)
+        head[10:12] = b"\0\0"
+        head[10:12] = _U16.pack(~_fold(_sum16(head[:20])) & 0xFFFF)
+        pseudo = _sum16(head[12:20]) + 6 + tcp_len
+        gso = VIRTIO_NET_HDR_GSO_TCPV4
+    else:
+        head[4:6] = _U16.pack(total - 40)
+        pseudo = _sum16(head[8:40]) + 6 + tcp_len
+        gso = VIRTIO_NET_HDR_GSO_TCPV6
+    head[ip + 16:ip + 18] = _U16.pack(_fold(pseudo))
+    return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, end, mss, ip, 16)
 
 
 class _Framed:
@@ -625,20 +620,8 @@ def _merge_run(buf, u, offs, lens, pay, a: int, b: int, end: int, v4: bool, tota
         body = [u[o:o + (b - 1 - a) * d].reshape(b - 1 - a, d)[:, end:end + mss].tobytes()]
     else:
         body = [view[offs[k] + end:offs[k] + lens[k]] for k in range(a, b - 1)]
-    tcp_len = total - ip
-    if v4:
-        head[2:4] = _U16.pack(total)
-        head[10:12] = b"\0\0"
-        head[10:12] = _U16.pack(~_fold(_sum16(head[:20])) & 0xFFFF)
-        pseudo = _sum16(head[12:20]) + 6 + tcp_len
-        gso = VIRTIO_NET_HDR_GSO_TCPV4
-    else:
-        head[4:6] = _U16.pack(total - 40)
-        pseudo = _sum16(head[8:40]) + 6 + tcp_len
-        gso = VIRTIO_NET_HDR_GSO_TCPV6
-    head[ip + 16:ip + 18] = _U16.pack(_fold(pseudo))
-    return b"".join((VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, end, mss, ip, 16), head, *body,
-                     view[last + end:last + lens[b - 1]])), b - a
+    vnet = _gso_head(head, v4, end, mss, total)
+    return b"".join((vnet, head, *body, view[last + end:last + lens[b - 1]])), b - a
 
 
 class TcpSuper:

@@ -1094,6 +1094,56 @@ fused_seal_one(IMB_MGR *mgr, const AeadObject *a, const fused_spec *s, uint8_t *
     memcpy(pt + plen, tag, (size_t)icv);
 }
 
+/* esp_protect_into's buffer arguments: a writable buffer, int64 offsets and lengths (*n of
+ * them), every packet with `head` bytes of room before it inside the buffer, and sequence
+ * numbers seq0 + 1 .. seq0 + n that do not wrap.  The views are the caller's to release. */
+static int
+protect_into_args(PyObject *bo, PyObject *oo, PyObject *lo, Py_buffer *buf, Py_buffer *offs,
+                  Py_buffer *lens, Py_ssize_t *n, int head, unsigned long long seq0)
+{
+    if (PyObject_GetBuffer(bo, buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (get_i64(oo, offs, n, "offsets") < 0 || get_i64(lo, lens, n, "lengths") < 0)
+        return -1;
+    if (*n > MAX_BATCH) {
+        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, *n);
+        return -1;
+    }
+    if (check_regions(offs->buf, lens->buf, *n, buf->len, -head, 0, 0, FUSED_MAX, "packet") < 0)
+        return -1;
+    if (seq0 > UINT64_MAX - (uint64_t)*n - 1) {
+        PyErr_SetString(PyExc_ValueError, "sequence numbers would wrap");
+        return -1;
+    }
+    return 0;
+}
+
+/* esp_protect_into's pass before any byte is written: per packet tos[2i] (TOS) and tos[2i+1]
+ * (DF | next header << 16), w[i] its ESP packet's length, the inner bytes summed.  Returns
+ * -1 when every packet is framed here, the index of the first one left to the engine, or -2
+ * with a ValueError set when a packet's ESP form would not fit the buffer. */
+static Py_ssize_t
+fused_prepass(const fused_spec *s, const uint8_t *base, const int64_t *off, const int64_t *len,
+              Py_ssize_t n, int icv, Py_ssize_t buf_len, int *tos, int64_t *w,
+              long long *inner_bytes)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned df;
+        uint8_t nh;
+        if (!fused_inner(s, base + off[i], len[i], icv, &tos[2 * i], &df, &nh, &w[i]))
+            return i;
+        if ((uint64_t)off[i] - (uint64_t)s->head + (uint64_t)w[i] > (uint64_t)buf_len) {
+            PyErr_Format(PyExc_ValueError, "packet %zd: its %lld-byte ESP packet from byte %lld "
+                         "does not fit the %zd-byte buffer (too little room after it)", i,
+                         (long long)w[i], (long long)(off[i] - s->head), buf_len);
+            return -2;
+        }
+        tos[2 * i + 1] = (int)(df | (unsigned)nh << 16);
+        *inner_bytes += len[i];
+    }
+    return -1;
+}
+
 /* Aead.esp_protect(packets, template, flags, salt, block, seq0, ident0)
  *   -> (list of ESP packets, inner bytes), or the index of the first packet it leaves to the
  *   engine (then nothing was computed).  Packet i gets sequence number seq0 + 1 + i and, in
@@ -1202,20 +1252,8 @@ aead_esp_protect_into(AeadObject *self, PyObject *args)
     if (mgr == NULL || spec_get(to, flags, so, block, 8, &s) < 0)
         return NULL;
     Py_ssize_t n = -1;
-    if (PyObject_GetBuffer(bo, &buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+    if (protect_into_args(bo, oo, lo, &buf, &offs, &lens, &n, s.head, seq0) < 0)
         goto done;
-    if (get_i64(oo, &offs, &n, "offsets") < 0 || get_i64(lo, &lens, &n, "lengths") < 0)
-        goto done;
-    if (n > MAX_BATCH) {
-        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, n);
-        goto done;
-    }
-    if (check_regions(offs.buf, lens.buf, n, buf.len, -s.head, 0, 0, FUSED_MAX, "packet") < 0)
-        goto done;
-    if (seq0 > UINT64_MAX - (uint64_t)n - 1) {
-        PyErr_SetString(PyExc_ValueError, "sequence numbers would wrap");
-        goto done;
-    }
     const int64_t *off = offs.buf, *len = lens.buf;
     const uint8_t *base = buf.buf;
     tos = PyMem_Malloc(n ? (size_t)n * 2 * sizeof(int) : 1);
@@ -1227,21 +1265,12 @@ aead_esp_protect_into(AeadObject *self, PyObject *args)
     }
     int64_t *w = (int64_t *)PyBytes_AS_STRING(wl);
     long long inner_bytes = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned df;
-        uint8_t nh;
-        if (!fused_inner(&s, base + off[i], len[i], self->tag_bytes, &tos[2 * i], &df, &nh, &w[i])) {
-            result = PyLong_FromSsize_t(i);
-            goto done;
-        }
-        if ((uint64_t)off[i] - (uint64_t)s.head + (uint64_t)w[i] > (uint64_t)buf.len) {
-            PyErr_Format(PyExc_ValueError, "packet %zd: its %lld-byte ESP packet from byte %lld "
-                         "does not fit the %zd-byte buffer (too little room after it)", i,
-                         (long long)w[i], (long long)(off[i] - s.head), buf.len);
-            goto done;
-        }
-        tos[2 * i + 1] = (int)(df | (unsigned)nh << 16);
-        inner_bytes += len[i];
+    Py_ssize_t odd = fused_prepass(&s, base, off, len, n, self->tag_bytes, buf.len, tos, w,
+                                   &inner_bytes);
+    if (odd != -1) {
+        if (odd >= 0)
+            result = PyLong_FromSsize_t(odd);
+        goto done;
     }
     uint8_t *wb = buf.buf;
     Py_BEGIN_ALLOW_THREADS
@@ -1467,10 +1496,12 @@ unprot_seq(const unprot *u, Py_ssize_t i)
     return (u->s.flags & FUSED_ESN) ? ((u->top >> 32) << 32) + low : low;
 }
 
-/* The verdict on packet i once opened (auth_ok: its ICV verified): 1 accepted, 0 dropped
- * (bad ICV), -1 left to the engine (stop here). */
+/* The verdict on packet i once opened (auth_ok: its ICV verified): 1 accepted (the running
+ * top of the window and the counts move), 0 dropped (bad ICV), -1 left to the engine (stop
+ * here). */
 static int
-unprot_judge(unprot *u, Py_ssize_t i, int auth_ok, uint64_t full, long long *inner_bytes)
+unprot_judge(unprot *u, Py_ssize_t i, int auth_ok, uint64_t full, uint64_t *running,
+             Py_ssize_t *accepted, long long *inner_bytes)
 {
     int64_t ct = u->plen[i] - u->s.head - u->icv;
     u->sq[i] = (int64_t)full;
@@ -1486,6 +1517,8 @@ unprot_judge(unprot *u, Py_ssize_t i, int auth_ok, uint64_t full, long long *inn
     u->cd[i] = 0;
     u->il[i] = inner;
     *inner_bytes += inner;
+    *running = full;
+    (*accepted)++;
     return 1;
 }
 
@@ -1581,15 +1614,10 @@ aead_esp_unprotect(AeadObject *self, PyObject *args)
             memcpy(aad, esp, 8);
         }
         aead_one(mgr, self, 0, nonce, p + u.s.head, u.pl + u.ia[i], (uint64_t)ct, aad, aad_len, tag);
-        int verdict = unprot_judge(&u, i, !ct_diff(tag, p + u.s.head + ct, (size_t)u.icv), full,
-                                   &inner_bytes);
-        if (verdict < 0) {
+        if (unprot_judge(&u, i, !ct_diff(tag, p + u.s.head + ct, (size_t)u.icv), full, &running,
+                         &accepted, &inner_bytes) < 0) {
             stop = i;
             break;
-        }
-        if (verdict) {
-            running = full;
-            accepted++;
         }
     }
     Py_END_ALLOW_THREADS
@@ -2675,23 +2703,11 @@ chain_esp_protect_into(ChainObject *self, PyObject *args)
     }
     if (spec_get(to, flags, so, block, ivb, &s) < 0)
         return NULL;
-    if (PyObject_GetBuffer(bo, &buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+    if (protect_into_args(bo, oo, lo, &buf, &offs, &lens, &n, s.head, seq0) < 0)
         goto done;
-    if (get_i64(oo, &offs, &n, "offsets") < 0 || get_i64(lo, &lens, &n, "lengths") < 0)
-        goto done;
-    if (n > MAX_BATCH) {
-        PyErr_Format(PyExc_ValueError, "a batch takes at most %d messages, not %zd", MAX_BATCH, n);
-        goto done;
-    }
     if (ivb == 16 ? get_rows(io, &ivs, n, &sixteen, "ivs") < 0 : io != Py_None) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "ivs must be None for AES-CTR");
-        goto done;
-    }
-    if (check_regions(offs.buf, lens.buf, n, buf.len, -s.head, 0, 0, FUSED_MAX, "packet") < 0)
-        goto done;
-    if (seq0 > UINT64_MAX - (uint64_t)n - 1) {
-        PyErr_SetString(PyExc_ValueError, "sequence numbers would wrap");
         goto done;
     }
     const int64_t *off = offs.buf, *len = lens.buf;
@@ -2708,21 +2724,11 @@ chain_esp_protect_into(ChainObject *self, PyObject *args)
     }
     int64_t *w = (int64_t *)PyBytes_AS_STRING(wl);
     long long inner_bytes = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned df;
-        uint8_t nh;
-        if (!fused_inner(&s, wb + off[i], len[i], icv, &tos[2 * i], &df, &nh, &w[i])) {
-            result = PyLong_FromSsize_t(i);
-            goto done;
-        }
-        if ((uint64_t)off[i] - (uint64_t)s.head + (uint64_t)w[i] > (uint64_t)buf.len) {
-            PyErr_Format(PyExc_ValueError, "packet %zd: its %lld-byte ESP packet from byte %lld "
-                         "does not fit the %zd-byte buffer (too little room after it)", i,
-                         (long long)w[i], (long long)(off[i] - s.head), buf.len);
-            goto done;
-        }
-        tos[2 * i + 1] = (int)(df | (unsigned)nh << 16);
-        inner_bytes += len[i];
+    Py_ssize_t odd = fused_prepass(&s, wb, off, len, n, icv, buf.len, tos, w, &inner_bytes);
+    if (odd != -1) {
+        if (odd >= 0)
+            result = PyLong_FromSsize_t(odd);
+        goto done;
     }
     int failed = 0;
     const uint8_t *iv_rows = ivs.buf;
@@ -2811,15 +2817,10 @@ chain_esp_unprotect(ChainObject *self, PyObject *args)
             break;
         }
         const uint8_t *icv_at = u.ptr[i] + u.plen[i] - u.icv;
-        int verdict = unprot_judge(&u, i, !ct_diff(scratch + 80 * i, icv_at, (size_t)u.icv), full,
-                                   &inner_bytes);
-        if (verdict < 0) {
+        if (unprot_judge(&u, i, !ct_diff(scratch + 80 * i, icv_at, (size_t)u.icv), full, &running,
+                         &accepted, &inner_bytes) < 0) {
             stop = i;
             break;
-        }
-        if (verdict) {
-            running = full;
-            accepted++;
         }
     }
     Py_END_ALLOW_THREADS
