@@ -67,6 +67,57 @@ class Check:
         return self.id
 
 
+class CountingBatchAead:
+    """An AEAD with the whole-batch calls a GPU backend has (`encrypt_batch` / `decrypt_batch`,
+    `ipsec_core.crypto.base`), over another backend's AEAD, counting the calls of each kind."""
+
+    def __init__(self, inner):
+        self.inner, self.tag_bytes = inner, inner.tag_bytes
+        self.batch_calls = self.single_calls = 0
+        self.batch_sizes: list[int] = []
+
+    def encrypt(self, nonce, pt, aad):
+        self.single_calls += 1
+        return self.inner.encrypt(nonce, pt, aad)
+
+    def decrypt(self, nonce, data, aad):
+        self.single_calls += 1
+        return self.inner.decrypt(nonce, data, aad)
+
+    def encrypt_batch(self, nonces, pts, aads):
+        self.batch_calls += 1
+        self.batch_sizes.append(len(pts))
+        return [self.inner.encrypt(n, p, a) for n, p, a in zip(nonces, pts, aads)]
+
+    def decrypt_batch(self, nonces, datas, aads):
+        self.batch_calls += 1
+        self.batch_sizes.append(len(datas))
+        out = []
+        for n, d, a in zip(nonces, datas, aads):
+            try:
+                out.append(self.inner.decrypt(n, d, a))
+            except Exception:
+                out.append(None)
+        return out
+
+
+def batch_backend(real, *, name: str = "batchy", priority: int = 1):
+    """A backend offering AES-GCM through `CountingBatchAead` over `real` (another backend):
+    what the data plane and drivers do with a whole-batch backend, without a GPU."""
+    from ipsec_core.crypto.base import Backend, Feature
+
+    class _BatchBackend(Backend):
+        def features(self):
+            return [Feature("aes-gcm", (128, 256))]
+
+        def aead(self, family, key, *, tag_bytes, nonce_bytes):
+            return CountingBatchAead(real.aead(family, key, tag_bytes=tag_bytes, nonce_bytes=nonce_bytes))
+
+    backend = _BatchBackend()
+    backend.name, backend.priority = name, priority
+    return backend
+
+
 def plugin_registry(*plugins, selftest: bool = True):
     """A fresh registry with the built-in backends and the given plugin modules (objects or
     dotted names), whatever is installed and whatever IPSEC_PLUGINS says."""

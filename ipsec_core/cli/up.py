@@ -90,12 +90,12 @@ def open_tun(name: str, mtu: int, *, offload: bool = True):
 
 
 async def _serve(configs, *, tun, save_keys: Path | None, control: Path | None,
-                 control_required: bool, path_mtu: int | None) -> None:
+                 control_required: bool, path_mtu: int | None, batch_wait: float = 0.0005) -> None:
     from ipsec_core.vpn.control import ControlError, ControlServer, driver_handler
     from ipsec_core.vpn.driver import Driver
 
     try:
-        driver = Driver(configs, inner=tun, save_keys=save_keys, path_mtu=path_mtu)
+        driver = Driver(configs, inner=tun, save_keys=save_keys, path_mtu=path_mtu, batch_wait=batch_wait)
     except BaseException:
         tun.close()
         raise
@@ -168,6 +168,10 @@ def up(
         help="TUN offloads: take TCP super-packets from the local stack and cut them here, and "
              "hand decrypted TCP segments of one flow back as one write, from a thread of its "
              "own (--no-offload: one packet per read and write, on the event loop).")] = True,
+    batch_wait_us: Annotated[int, typer.Option(
+        "--batch-wait-us", min=0, max=100_000, metavar="US",
+        help="How long packets for a CHILD SA whose backend computes whole batches in one call "
+             "(the GPU) may wait for more, at most (0: each read as it comes).")] = 500,
 ) -> None:
     """Bring up IKEv2 connections and carry their traffic through a TUN device, in the foreground.
 
@@ -192,7 +196,8 @@ def up(
     # whatever is open by then (the TUN device) is closed on the way out.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _up(config, connection, save_keys, netns, tun_name, mtu, path_mtu, control, offload)
+        _up(config, connection, save_keys, netns, tun_name, mtu, path_mtu, control, offload,
+            batch_wait_us)
     except _Interrupted:
         logging.getLogger(LOGGER).info("stopped during start-up")
     finally:
@@ -209,7 +214,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int | None,
-        path_mtu: int, control: Path | None, offload: bool = True) -> None:
+        path_mtu: int, control: Path | None, offload: bool = True, batch_wait_us: int = 500) -> None:
     from ipsec_core.vpn.control import default_path
     from ipsec_core.vpn.driver import inner_mtu
 
@@ -228,7 +233,7 @@ def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int | No
     try:
         asyncio.run(_serve(configs, tun=tun, save_keys=save_keys,
                            control=control or default_path(netns), control_required=control is not None,
-                           path_mtu=path_mtu))
+                           path_mtu=path_mtu, batch_wait=batch_wait_us / 1e6))
     except BaseException:
         tun.close()
         raise

@@ -414,6 +414,14 @@ class SecurityAssociation:
         return out
 
     @property
+    def prefers_whole_batches(self) -> bool:
+        """Whether this SA's backend computes a whole batch in one call (`encrypt_batch`, or ESP
+        framing on the device: the GPU), so that a driver should hand it large batches, waiting
+        a bounded time for them, rather than each read as it comes."""
+        engine = self.engine
+        return bool(getattr(engine, "_offload", False) or getattr(engine, "_framing", None) is not None)
+
+    @property
     def frames_batches(self) -> bool:
         """Whether `protect_packets` / `unprotect_packets` run natively on the batch's buffer
         for this SA (its backend frames whole ESP batches: ipsecmb, AEAD, tunnel mode); else

@@ -61,6 +61,10 @@ CLOSE_TIMEOUT_S = 3.0
 #: delete: ESP the peer sent before it switched may arrive after the IKE message.
 REKEYED_INBOUND_GRACE_S = 2.0
 DEFAULT_MAX_BATCH = 64
+#: A CHILD SA whose backend computes whole batches in one call (the GPU) gets its packets held
+#: this long at most, or until BATCH_TARGET of them wait, so each call carries a full batch.
+DEFAULT_BATCH_WAIT_S = 0.0005
+BATCH_TARGET = 1024
 #: Batches read from the inner interface per wake-up, so ESP from the network is not starved.
 INNER_BATCHES_PER_WAKEUP = 4
 #: libipsec's TUN MTU: room for the outer IP, UDP and ESP headers inside a 1500-byte path.
@@ -594,7 +598,8 @@ class Driver:
                  local_addresses: Sequence[str] | None = None, ike_port: int | None = None,
                  nat_t_port: int | None = None, save_keys: str | Path | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, close_timeout: float = CLOSE_TIMEOUT_S,
-                 path_mtu: int | None = DEFAULT_PATH_MTU, mark: int | None = BYPASS_MARK):
+                 path_mtu: int | None = DEFAULT_PATH_MTU, mark: int | None = BYPASS_MARK,
+                 batch_wait: float = DEFAULT_BATCH_WAIT_S, batch_target: int = BATCH_TARGET):
         if not configs:
             raise LocalError("no connection to run")
         self.configs = {c.name: c for c in configs}
@@ -616,6 +621,14 @@ class Driver:
         self.ike_port = ike_port if ike_port is not None else _one_port(configs, "local_port")
         self.nat_t_port = nat_t_port if nat_t_port is not None else _one_port(configs, "nat_t_port")
         self.max_batch = max_batch
+        if batch_wait < 0 or batch_target < 1:
+            raise LocalError(f"batch_wait must be >= 0 s and batch_target >= 1, not "
+                             f"{batch_wait} / {batch_target}")
+        self.batch_wait, self.batch_target = batch_wait, batch_target
+        # Packets held for SAs that want whole batches: id(child) -> (child, packets), one
+        # dict per direction (inbound keyed by SPI), flushed by a timer or by BATCH_TARGET.
+        self._held_out: dict[int, tuple[ChildSa, list[bytes]]] = {}
+        self._held_in: dict[int, tuple[ChildSa, list[bytes]]] = {}
         self.close_timeout = close_timeout
         self.path_mtu = path_mtu
         self.mark = mark
@@ -731,6 +744,8 @@ class Driver:
             self._done.set()
 
     def _teardown(self) -> None:
+        if self.udp is not None:
+            self._flush_held()
         for handle in (self._timer, self._keepalive):
             if handle is not None:
                 handle.cancel()
@@ -1404,28 +1419,64 @@ class Driver:
                 batch = self._too_big(child, batch, limit)
                 if not batch:
                     continue
-            try:
-                wire = child.outbound.protect_batch(batch, now=now)
-            except Exception as exc:   # lifetime, sequence numbers, a packet the SA refuses
-                wire = getattr(exc, "partial", [])
-                reason = getattr(getattr(exc, "reason", None), "value", None) or type(exc).__name__
-                drops[reason] += len(batch) - len(wire)
-                log.debug("CHILD SA %s: %d packets not protected: %s", child.child,
-                          len(batch) - len(wire), exc)
-            if not wire:
+            if self.batch_wait and child.outbound.prefers_whole_batches:
+                self._hold(self._held_out, id(child), child, batch, self._flush_out)
                 continue
-            strip = child.strip
-            if strip is not None:
-                payloads = [w[strip:] for w in wire]
-            else:
-                payloads = [w[_transport_strip(w):] for w in wire]
-            if child.outbound.soft_expired or child.outbound.hard_expired:
-                self._lifetimes(child.outbound, now)
-            sent = self.udp.send_esp_batch(payloads, child.peer, local=child.send_from)
-            self.stats.esp_sent += sent
-            if sent < len(wire):
-                drops["send_failed"] += len(wire) - sent
-            self._last_sent[child.peer] = now
+            self._protect_send(child, batch, now)
+
+    def _hold(self, held: dict, key: int, child: ChildSa, batch: list[bytes], flush) -> None:
+        """Keep `batch` for `child` until BATCH_TARGET packets wait or `batch_wait` has passed
+        since the first of them came (one timer per held batch)."""
+        entry = held.get(key)
+        if entry is None:
+            entry = held[key] = (child, [])
+            self._loop.call_later(self.batch_wait, flush, key)
+        entry[1].extend(batch)
+        if len(entry[1]) >= self.batch_target:
+            flush(key)
+
+    def _flush_out(self, key: int) -> None:
+        entry = self._held_out.pop(key, None)
+        if entry is not None:
+            self._protect_send(entry[0], entry[1], self._loop.time())
+
+    def _flush_in(self, key: int) -> None:
+        entry = self._held_in.pop(key, None)
+        if entry is not None:
+            self._open_write(entry[0], key, entry[1], self._loop.time())
+
+    def _flush_held(self) -> None:
+        """Everything held goes now (the driver stops)."""
+        for key in list(self._held_out):
+            self._flush_out(key)
+        for key in list(self._held_in):
+            self._flush_in(key)
+
+    def _protect_send(self, child: ChildSa, batch: list[bytes], now: float) -> None:
+        """Protect `batch` with the CHILD SA's outbound SA and send it to its peer."""
+        drops = self.stats.drops
+        try:
+            wire = child.outbound.protect_batch(batch, now=now)
+        except Exception as exc:   # lifetime, sequence numbers, a packet the SA refuses
+            wire = getattr(exc, "partial", [])
+            reason = getattr(getattr(exc, "reason", None), "value", None) or type(exc).__name__
+            drops[reason] += len(batch) - len(wire)
+            log.debug("CHILD SA %s: %d packets not protected: %s", child.child,
+                      len(batch) - len(wire), exc)
+        if not wire:
+            return
+        strip = child.strip
+        if strip is not None:
+            payloads = [w[strip:] for w in wire]
+        else:
+            payloads = [w[_transport_strip(w):] for w in wire]
+        if child.outbound.soft_expired or child.outbound.hard_expired:
+            self._lifetimes(child.outbound, now)
+        sent = self.udp.send_esp_batch(payloads, child.peer, local=child.send_from)
+        self.stats.esp_sent += sent
+        if sent < len(wire):
+            drops["send_failed"] += len(wire) - sent
+        self._last_sent[child.peer] = now
 
     def _too_big(self, child: ChildSa, batch: list[bytes], limit: int) -> list[bytes]:
         """The packets of `batch` that may go out: those that fit, and IPv4 ones without DF
@@ -1576,19 +1627,28 @@ class Driver:
             batch.append(child.in_header(len(packet)) + packet)
         for spi, batch in groups.items():
             child = by_spi[spi]
-            inners = []
-            for verdict in child.inbound.unprotect_batch(batch, now=now):
-                if verdict.__class__ is bytes:
-                    inners.append(verdict)
-                else:
-                    drops[verdict.reason.value] += 1
-            out = self._admit(child, inners)
-            if out:
-                self.stats.inner_written += self.inner.write_batch(out)
-                if self._traffic_received is not None:
-                    self._traffic_received(spi, now=now)     # no liveness check needed
-            if child.inbound.soft_expired or child.inbound.hard_expired:
-                self._lifetimes(child.inbound, now)
+            if self.batch_wait and child.inbound.prefers_whole_batches:
+                self._hold(self._held_in, spi, child, batch, self._flush_in)
+                continue
+            self._open_write(child, spi, batch, now)
+
+    def _open_write(self, child: ChildSa, spi: int, batch: list[bytes], now: float) -> None:
+        """Unprotect `batch` (whole packets of one inbound SA), check the selectors, write the
+        inner packets to the inner interface."""
+        drops = self.stats.drops
+        inners = []
+        for verdict in child.inbound.unprotect_batch(batch, now=now):
+            if verdict.__class__ is bytes:
+                inners.append(verdict)
+            else:
+                drops[verdict.reason.value] += 1
+        out = self._admit(child, inners)
+        if out:
+            self.stats.inner_written += self.inner.write_batch(out)
+            if self._traffic_received is not None:
+                self._traffic_received(spi, now=now)     # no liveness check needed
+        if child.inbound.soft_expired or child.inbound.hard_expired:
+            self._lifetimes(child.inbound, now)
 
     # -- NAT keepalives --------------------------------------------------------------------
 

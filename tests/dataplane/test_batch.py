@@ -175,54 +175,14 @@ def test_fast_path_is_used_where_expected():
 
 # -- backends with a native batch AEAD (encrypt_batch / decrypt_batch), as the GPU has --------
 
-from ipsec_core.crypto.base import Backend, Feature  # noqa: E402
 from ipsec_core.crypto.registry import Registry  # noqa: E402
-
-
-class _CountingBatchAead:
-    def __init__(self, inner):
-        self.inner, self.tag_bytes, self.batch_calls, self.single_calls = inner, inner.tag_bytes, 0, 0
-
-    def encrypt(self, nonce, pt, aad):
-        self.single_calls += 1
-        return self.inner.encrypt(nonce, pt, aad)
-
-    def decrypt(self, nonce, data, aad):
-        self.single_calls += 1
-        return self.inner.decrypt(nonce, data, aad)
-
-    def encrypt_batch(self, nonces, pts, aads):
-        self.batch_calls += 1
-        return [self.inner.encrypt(n, p, a) for n, p, a in zip(nonces, pts, aads)]
-
-    def decrypt_batch(self, nonces, datas, aads):
-        self.batch_calls += 1
-        out = []
-        for n, d, a in zip(nonces, datas, aads):
-            try:
-                out.append(self.inner.decrypt(n, d, a))
-            except Exception:
-                out.append(None)
-        return out
-
-
-class _BatchBackend(Backend):
-    name, priority = "batchy", 1
-
-    def __init__(self, real):
-        self.real = real
-
-    def features(self):
-        return [Feature("aes-gcm", (128, 256))]
-
-    def aead(self, family, key, *, tag_bytes, nonce_bytes):
-        return _CountingBatchAead(self.real.aead(family, key, tag_bytes=tag_bytes, nonce_bytes=nonce_bytes))
+from ipsec_core.testing import batch_backend  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def batch_registry():
     reg = Registry(load_entry_points=False)
-    reg.add(_BatchBackend(reg.get("aesni").backend), plugin="tests")
+    reg.add(batch_backend(reg.get("aesni").backend), plugin="tests")
     return reg
 
 

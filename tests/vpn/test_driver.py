@@ -632,3 +632,50 @@ def test_tun_drivers_in_two_namespaces_ping(netns_pair):
         b.stop()
     with Netlink(netns=ns_a) as nl:
         assert not nl.exists(tun_a)
+
+
+@pytest.mark.parametrize("wait", [0.3, 0.0], ids=["held", "each-read"])
+def test_whole_batch_backend_gets_held_batches(wait):
+    """A CHILD SA whose backend computes whole batches (encrypt_batch / decrypt_batch, as the
+    GPU does) gets the packets of several reads in one call, held at most `batch_wait`; with
+    no wait, one call per read.  Nothing is lost or reordered either way."""
+    from ipsec_core.crypto.registry import Registry
+    from ipsec_core.testing import batch_backend
+
+    reg = Registry(load_entry_points=False)
+    reg.add(batch_backend(reg.get("aesni").backend, priority=1000), plugin="tests")
+
+    async def scenario():
+        ports = free_udp_ports([A, B])
+        cfg_a, cfg_b = configs(ports)
+        a_in, b_in = MemoryInterface("mem-a", addresses=[A_IN]), MemoryInterface("mem-b", addresses=[B_IN])
+        a = Driver([cfg_a], inner=a_in, endpoint_factory=FakeIkeEndpoint, registry=reg, batch_wait=wait)
+        b = Driver([cfg_b], inner=b_in, endpoint_factory=FakeIkeEndpoint, registry=reg, batch_wait=wait)
+        await b.start()
+        await a.start()
+        for d in (a, b):
+            await event(d, ev.ChildSaInstalled)
+        (out_child,), (in_child,) = a.children, b.children
+        assert out_child.outbound.prefers_whole_batches and in_child.inbound.prefers_whole_batches
+        out_aead, in_aead = out_child.outbound.engine.aead, in_child.inbound.engine.aead
+        before = out_aead.batch_calls, in_aead.batch_calls
+        fwd = pings(A_IN, B_IN, 60)
+        start = asyncio.get_running_loop().time()
+        for k in range(0, 60, 6):                      # ten reads of six packets
+            a_in.inject(fwd[k:k + 6])
+            await asyncio.sleep(0.005)
+        await b_in.wait_received(60, timeout=TIMEOUT)
+        took = asyncio.get_running_loop().time() - start
+        assert b_in.received == fwd and not a.stats.drops and not b.stats.drops
+        calls = out_aead.batch_calls - before[0], in_aead.batch_calls - before[1]
+        a.stop()
+        b.stop()
+        await asyncio.wait_for(asyncio.gather(a.wait_stopped(), b.wait_stopped()), TIMEOUT)
+        return calls, took
+
+    (out_calls, in_calls), took = run(scenario())
+    if wait:
+        assert out_calls == 1 and in_calls == 1, (out_calls, in_calls)   # the ten reads in one call
+        assert took < 2 * wait + 1.0
+    else:
+        assert out_calls == 10 and in_calls == 10, (out_calls, in_calls)
