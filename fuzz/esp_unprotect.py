@@ -10,13 +10,15 @@ the window bitmap; the rest is the operation's material:
   3  an authentic packet (good ICV) around any plaintext and next header: what the inner-packet
      checks see after decryption;
   4  a batch of up to 80 packets mixing valid ones (duplicates, reordering), damaged ones,
-     authentic junk and raw bytes: `unprotect_batch` must give exactly the verdicts and the end
-     state of the same packets unprotected one by one on a twin SA.
+     authentic junk and raw bytes: `unprotect_batch` (or, by the next byte, `unprotect_packets`
+     on a PacketBatch) must give exactly the verdicts and the end state of the same packets
+     unprotected one by one on a twin SA.
 Allowed: the inner packet, or PacketDropped with a DropReason.  A drop of anything but an
 authentic packet leaves the SA as it was; after every input the next valid packet is accepted.
 """
 from __future__ import annotations
 
+from ipsec_core.dataplane.batch import PacketBatch
 from ipsec_core.errors import DropReason, LocalError, PacketDropped
 
 from fuzz._harness import Reader, main
@@ -64,14 +66,22 @@ def one_batch_packet(p: Pair, r: Reader, top: int) -> bytes:
 
 
 def batch(p: Pair, r: Reader, top: int) -> None:
+    as_packet_batch = r.int() & 1
     packets = [one_batch_packet(p, r, top) for _ in range(1 + r.int() % 80)]
-    got = p.inb.unprotect_batch(packets, now=NOW)
     want = []
     for packet in packets:
         try:
             want.append(p.twin.unprotect(packet, now=NOW))
         except PacketDropped as drop:
             want.append(drop)
+    if as_packet_batch and hasattr(p.inb, "unprotect_packets"):
+        inners, drops = p.inb.unprotect_packets(PacketBatch.from_packets(packets), now=NOW)
+        assert inners.packets() == [w for w in want if not isinstance(w, PacketDropped)], \
+            f"{p.variant.label}: PacketBatch and one by one differ"
+        assert [d.reason for d in drops] == [w.reason for w in want if isinstance(w, PacketDropped)]
+        assert p.inb.state() == p.twin.state(), f"{p.variant.label}: PacketBatch state differs"
+        return
+    got = p.inb.unprotect_batch(packets, now=NOW)
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         if isinstance(w, PacketDropped):

@@ -374,3 +374,21 @@ def test_inner_checksum_offload(backend, proposal):
     inb = SecurityAssociation(in_cfg, now=0.0)
     inners, drops = inb.unprotect_packets(res, now=0.0, esp_only=True)
     assert not drops and inners.packets() == whole
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unprotect_packets_of_packets_the_engine_decides(backend):
+    """A PacketBatch whose packets all go to the engine (foreign, replayed) gives their drops,
+    and one with a good packet after them gives it (a case the fuzz target found)."""
+    out_cfg, in_cfg = configs("aes128gcm16", backend=backend)
+    out = SecurityAssociation(out_cfg, now=0.0)
+    wire = out.protect_batch([inner(random.Random(1), i) for i in range(3)], now=0.0)
+    sa = SecurityAssociation(in_cfg, now=0.0)
+    inners, drops = sa.unprotect_packets(PacketBatch.from_packets([b"\x45" + bytes(40)]), now=0.0)
+    assert len(inners) == 0 and len(drops) == 1
+    inners, drops = sa.unprotect_packets(PacketBatch.from_packets(wire[:1]), now=0.0)
+    assert len(inners) == 1 and not drops
+    inners, drops = sa.unprotect_packets(PacketBatch.from_packets([wire[0]]), now=0.0)    # replay
+    assert len(inners) == 0 and [d.reason.value for d in drops] == ["replay"]
+    inners, drops = sa.unprotect_packets(PacketBatch.from_packets([wire[0], wire[1]]), now=0.0)
+    assert len(inners) == 1 and [d.reason.value for d in drops] == ["replay"]

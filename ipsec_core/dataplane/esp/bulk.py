@@ -685,7 +685,7 @@ class _Bulk:
                 packets = [self.engine.received_header(len(p)) + p for p in packets]
             return _split(self.unprotect_batch(packets, now))
         _, parts = self._unprotect_fused(batch.buf, batch.offsets, batch.lengths, now, esp_only)
-        if len(parts) == 1 and parts[0][3].count(0) == len(parts[0][3]):
+        if len(parts) == 1 and parts[0][0] != "one" and parts[0][3].count(0) == len(parts[0][3]):
             plain, iat, ilen, _ = parts[0]
             return PacketBatch(plain, iat, ilen), []
         inners, drops = [], []
