@@ -162,6 +162,11 @@ class Pair:
         """An authentic ESP packet carrying any plaintext: the ICV is good, the content not."""
         return self.wrap(self.out.engine._seal(payload, next_header, seq))
 
+    def twin_unprotect_esp(self, esp: bytes) -> bytes:
+        """The twin's one-by-one answer to an ESP-in-UDP packet that came without its outer
+        header (from a UDP socket): the header the SA rebuilds for it, then `unprotect`."""
+        return self.twin.unprotect(self.twin.engine.received_header(len(esp)) + esp, now=NOW)
+
     def probe(self) -> None:
         """The SA must still accept the next valid packet, and hand back its inner packet."""
         top = self.inb.replay.top
