@@ -1505,60 +1505,68 @@ class Driver:
 
     def esp_runs_received(self, runs: list, *, local) -> None:
         """UdpHandler: the UDP_GRO reads of one drain, each a run of ESP datagrams `size` bytes
-        apart in `data` (the last may be shorter).  Runs of one SPI (one sender's stream) are
-        unprotected together as one PacketBatch and written to the inner interface as one
-        (no Python object per packet where it takes PacketBatches); any other run takes
-        `esp_received`."""
-        from ipsec_core.dataplane.batch import PacketBatch, np
-
+        apart in `data` (the last may be shorter).  Consecutive runs of one SPI whose SA frames
+        batches (one sender's stream) are unprotected together as one PacketBatch and written
+        to the inner interface as one (no Python object per packet where it takes
+        PacketBatches); any other run takes `esp_received`, in its place."""
         by_spi = self._by_spi
-        groups: dict[int, list] = {}
+        group: list = []
+        group_spi = None
         for data, size, addr in runs:
             n = len(data)
             spi = data[:4]
             child = by_spi.get(int.from_bytes(spi, "big"))
-            if child is None or child.strip is None or not child.inbound.frames_batches or any(
-                    data[k:k + 4] != spi for k in range(size, n, size)):
-                count = -(-n // size)
-                self.esp_received([data[k:k + size] for k in range(0, n, size)], [addr] * count,
-                                  local=local)
+            whole = child is not None and child.strip is not None and child.inbound.frames_batches \
+                and not any(data[k:k + 4] != spi for k in range(size, n, size))
+            if group and (not whole or spi != group_spi):
+                self._open_runs(by_spi[int.from_bytes(group_spi, "big")], group)
+                group = []
+            if whole:
+                group.append((data, size))
+                group_spi = spi
                 continue
-            groups.setdefault(int.from_bytes(spi, "big"), []).append((data, size))
-        if not groups:
-            return
+            count = -(-n // size)
+            self.esp_received([data[k:k + size] for k in range(0, n, size)], [addr] * count,
+                              local=local)
+        if group:
+            self._open_runs(by_spi[int.from_bytes(group_spi, "big")], group)
+
+    def _open_runs(self, child: ChildSa, parts: list) -> None:
+        """Runs of ESP datagrams of the CHILD SA's inbound SA ((data, size) each) as one
+        PacketBatch: unprotected, checked against the selectors, written."""
+        from ipsec_core.dataplane.batch import PacketBatch, np
+
         now = self._loop.time()
         drops = self.stats.drops
-        for spi, parts in groups.items():
-            child = by_spi[spi]
-            data = parts[0][0] if len(parts) == 1 else b"".join(d for d, _ in parts)
-            offs, lens, base = [], [], 0
-            for d, size in parts:
-                o = np.arange(base, base + len(d), size, dtype=np.int64)
-                ln = np.full(len(o), size, dtype=np.int64)
-                ln[-1] = base + len(d) - int(o[-1])
-                offs.append(o)
-                lens.append(ln)
-                base += len(d)
-            offsets = offs[0] if len(offs) == 1 else np.concatenate(offs)
-            lengths = lens[0] if len(lens) == 1 else np.concatenate(lens)
-            count = len(offsets)
-            self.stats.esp_received += count
-            self.stats.opened_in_runs += count
-            inners, drop_list = child.inbound.unprotect_packets(
-                PacketBatch(data, offsets, lengths), now=now, esp_only=True)
-            for drop in drop_list:
-                drops[drop.reason.value] += 1
-            if len(inners):
-                out = self._admitted(child, inners)
-                if out is inners and hasattr(self.inner, "write_packets"):
-                    self.stats.inner_written += self.inner.write_packets(inners)
-                elif out is not None and len(out):
-                    self.stats.inner_written += self.inner.write_batch(
-                        out.packets() if out is inners else out)
-                if self._traffic_received is not None:
-                    self._traffic_received(spi, now=now)
-            if child.inbound.soft_expired or child.inbound.hard_expired:
-                self._lifetimes(child.inbound, now)
+        data = parts[0][0] if len(parts) == 1 else b"".join(d for d, _ in parts)
+        offs, lens, base = [], [], 0
+        for d, size in parts:
+            o = np.arange(base, base + len(d), size, dtype=np.int64)
+            ln = np.full(len(o), size, dtype=np.int64)
+            ln[-1] = base + len(d) - int(o[-1])
+            offs.append(o)
+            lens.append(ln)
+            base += len(d)
+        offsets = offs[0] if len(offs) == 1 else np.concatenate(offs)
+        lengths = lens[0] if len(lens) == 1 else np.concatenate(lens)
+        count = len(offsets)
+        self.stats.esp_received += count
+        self.stats.opened_in_runs += count
+        inners, drop_list = child.inbound.unprotect_packets(
+            PacketBatch(data, offsets, lengths), now=now, esp_only=True)
+        for drop in drop_list:
+            drops[drop.reason.value] += 1
+        if len(inners):
+            out = self._admitted(child, inners)
+            if out is inners and hasattr(self.inner, "write_packets"):
+                self.stats.inner_written += self.inner.write_packets(inners)
+            elif out is not None and len(out):
+                self.stats.inner_written += self.inner.write_batch(
+                    out.packets() if out is inners else out)
+            if self._traffic_received is not None:
+                self._traffic_received(child.inbound.spi, now=now)
+        if child.inbound.soft_expired or child.inbound.hard_expired:
+            self._lifetimes(child.inbound, now)
 
     def _admitted(self, child: ChildSa, inners):
         """The packets of `inners` (a PacketBatch) inside the CHILD SA's selectors, the rest

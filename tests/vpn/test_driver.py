@@ -679,3 +679,44 @@ def test_whole_batch_backend_gets_held_batches(wait):
         assert took < 2 * wait + 1.0
     else:
         assert out_calls == 10 and in_calls == 10, (out_calls, in_calls)
+
+
+def test_gro_runs_are_opened_as_batches_with_every_drop_counted():
+    """`esp_runs_received` (UDP_GRO reads whole): good runs, a forged datagram, a replayed run,
+    a run of garbage behind the right SPI, a run mixing SPIs and one of an unknown SPI: every
+    good packet is written once and in order, every other one counted by its reason, as the
+    per-datagram path counts them."""
+    async def scenario():
+        pair = Pair(b_local="203.0.113.0/25")
+        await pair.up()
+        a, b = pair.a, pair.b
+        (child_a,) = a.children
+        if not b.children[0].inbound.frames_batches:
+            await pair.down()
+            pytest.skip(f"backend {b.children[0].inbound.engine.backend_names} frames no batches")
+        inner = [udp_packet(A_IN, B_IN, 30000 + i, 7, f"g{i:03d}".encode()) for i in range(30)]
+        wire = [w[28:] for w in child_a.outbound.protect_batch(inner, now=0.0)]
+        size = len(wire[0])
+        assert all(len(w) == size for w in wire)
+        addr, local = (A, pair.ports[1]), (B, pair.ports[1])
+        forged = bytearray(wire[12])
+        forged[-1] ^= 1
+        refused = child_a.outbound.protect_batch(
+            [udp_packet(A_IN, "203.0.113.200", 30000 + i, 7, f"n{i:03d}".encode()) for i in range(2)], now=0.0)
+        runs = [(b"".join(wire[:10]), size, addr),
+                (b"".join(wire[10:12] + [bytes(forged)] + wire[13:20]), size, addr),
+                (b"".join(wire[:5]), size, addr),                                    # replays
+                (wire[0][:4] + bytes(size - 4) + wire[0][:4] + bytes(size - 4), size, addr),
+                (b"".join([wire[20], b"\xde\xad\xbe\xef" + bytes(size - 4)]), size, addr),
+                ((b"\xde\xad\xbe\xef" + bytes(size - 4)) * 3, size, addr),
+                (b"".join(wire[21:30] + [w[28:] for w in refused]), size, addr)]
+        b.esp_runs_received(runs, local=local)
+        want = inner[:12] + inner[13:20] + inner[20:30]
+        await pair.b_inner.wait_received(len(want), timeout=TIMEOUT)
+        assert pair.b_inner.received == want
+        # the garbage behind the right SPI carries sequence number 0: never valid (a replay)
+        assert b.stats.drops == {"auth_failed": 1, "replay": 7, "unknown_spi": 4, "policy": 2}, b.stats.drops
+        assert b.stats.opened_in_runs > 0
+        await pair.down()
+
+    run(scenario())
