@@ -426,7 +426,8 @@ class SecurityAssociation:
         """Whether `protect_packets` / `unprotect_packets` run natively on the batch's buffer
         for this SA (its backend frames whole ESP batches: ipsecmb, AEAD, tunnel mode); else
         they convert to and from `protect_batch` / `unprotect_batch` lists."""
-        bulk = getattr(self.engine, "_bulk_protect", None) or getattr(self.engine, "_bulk_unprotect", None)
+        which = "_bulk_protect" if self.config.direction == Direction.OUT else "_bulk_unprotect"
+        bulk = getattr(self.engine, which, None)
         return bool(bulk is not None and bulk.fused and self.engine._framing is None
                     and not self.engine._offload)
 

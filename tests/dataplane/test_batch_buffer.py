@@ -392,3 +392,18 @@ def test_unprotect_packets_of_packets_the_engine_decides(backend):
     assert len(inners) == 0 and [d.reason.value for d in drops] == ["replay"]
     inners, drops = sa.unprotect_packets(PacketBatch.from_packets([wire[0], wire[1]]), now=0.0)
     assert len(inners) == 1 and [d.reason.value for d in drops] == ["replay"]
+
+
+@pytest.mark.skipif("ipsecmb" not in BACKENDS, reason="the ipsecmb extension is not built here")
+def test_frames_batches_per_direction():
+    """frames_batches says whether this SA's own direction runs on the buffer: an outbound SA
+    with TFC padding (which the batch path does not write) does not, its inbound peer does."""
+    import dataclasses
+    out_cfg, in_cfg = configs("aes128gcm16", backend="ipsecmb")
+    assert SecurityAssociation(out_cfg, now=0.0).frames_batches
+    assert SecurityAssociation(in_cfg, now=0.0).frames_batches
+    padded = SecurityAssociation(dataclasses.replace(out_cfg, tfc_padding=300), now=0.0)
+    assert not padded.frames_batches
+    batch = PacketBatch.from_packets([inner(random.Random(2), 0)], headroom=64, tailroom=32)
+    res = padded.protect_packets(batch, now=0.0)
+    assert res.buf is not batch.buf and len(res.packet(0)) > 300           # padded, by the engine
