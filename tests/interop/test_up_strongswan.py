@@ -7,6 +7,7 @@ peer's own counters, the delete reaching the peer, and that no TUN device is lef
 Root, strongSwan, ping and tshark come from tests/setup-system.sh; without them the tests skip
 with the reason.
 """
+import hashlib
 import json
 import os
 import re
@@ -276,3 +277,67 @@ def test_tshark_decrypts_a_capture_of_the_demo(tmp_path):
     assert all(line.split("\t")[1] == "1" for line in esp), esp
     assert all("203.0.113.1" in line or "198.51.100.1" in line for line in esp)
     assert tshark("-Y", "_ws.malformed || _ws.expert.severity >= warning") == ""
+
+
+TCP_SERVER = r"""
+import hashlib, socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[2], 5399)); srv.listen(1); print("ready", flush=True)
+conn, _ = srv.accept()
+h, left = hashlib.sha256(), int(sys.argv[1])
+while left:
+    chunk = conn.recv(min(left, 1 << 16))
+    if not chunk:
+        break
+    h.update(chunk); left -= len(chunk)
+conn.sendall(bytes(range(251)) * 8000); conn.shutdown(socket.SHUT_WR)
+print(h.hexdigest(), left, flush=True)
+"""
+
+TCP_CLIENT = r"""
+import hashlib, random, socket, sys
+data = random.Random(7).randbytes(int(sys.argv[1]))
+c = socket.create_connection((sys.argv[2], 5399), timeout=30, source_address=(sys.argv[3], 0))
+c.sendall(data); c.shutdown(socket.SHUT_WR)
+h, got = hashlib.sha256(), 0
+while chunk := c.recv(1 << 16):
+    h.update(chunk); got += len(chunk)
+print(hashlib.sha256(data).hexdigest(), h.hexdigest(), got, flush=True)
+"""
+
+
+@pytest.mark.parametrize("esp", ["aes128gcm16", "aes256-sha256"])
+def test_tcp_byte_exact_both_ways_with_strongswan(tmp_path, esp):
+    """16 MB from `ipsec up` to charon and 2 MB back, hashed at both ends: our sending side cuts
+    TCP super-packets into a buffer, completes their checksums and seals them in place (checksum
+    offload in the fused ESP call); strongSwan's kernel checks every TCP checksum it decrypts."""
+    skip_unless_ready()
+    proposals = ("aes128gcm16-prfsha256-ecp256", esp)
+    with ss.StrongswanPair(start_a=False, conn_b=strongswan_conn(proposals)) as pair:
+        a, b = pair.net.a, pair.net.b
+        conf = our_conf(tmp_path, pair.net, us=a, peer=b, us_id=A_ID, peer_id=B_ID, start="start",
+                        proposals=proposals)
+        up = UpProcess(conf, a.netns)
+        server = None
+        try:
+            up.wait_for(r"CHILD SA net installed")
+            pair.b.wait_established(ike="net", child="net", timeout=10)
+            size = 16 << 20
+            server = subprocess.Popen(["ip", "netns", "exec", b.netns, sys.executable, "-c", TCP_SERVER,
+                                       str(size), b.inner_ip], stdout=subprocess.PIPE, text=True)
+            assert server.stdout.readline().strip() == "ready"
+            client = pair.net.exec(a, [sys.executable, "-c", TCP_CLIENT, str(size), b.inner_ip, a.inner_ip],
+                                   check=False, timeout=120)
+            assert client.returncode == 0, client.stderr + up.log[-3000:]
+            sent_hash, reply_hash, reply_len = client.stdout.split()
+            got_hash, left = server.stdout.readline().split()
+            assert (got_hash, left) == (sent_hash, "0")
+            assert reply_hash == hashlib.sha256(bytes(range(251)) * 8000).hexdigest()
+            assert int(reply_len) == 251 * 8000
+            (child,) = pair.b.list_sas()[0]["child-sas"]
+            assert child["bytes-in"] > size, child
+            up.stop()
+        finally:
+            if server is not None and server.poll() is None:
+                server.kill()
+            up.kill()
