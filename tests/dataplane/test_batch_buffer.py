@@ -407,3 +407,32 @@ def test_frames_batches_per_direction():
     batch = PacketBatch.from_packets([inner(random.Random(2), 0)], headroom=64, tailroom=32)
     res = padded.protect_packets(batch, now=0.0)
     assert res.buf is not batch.buf and len(res.packet(0)) > 300           # padded, by the engine
+
+
+@pytest.mark.skipif("ipsecmb" not in BACKENDS, reason="the ipsecmb extension is not built here")
+def test_a_failed_fused_call_never_reuses_its_sequence_numbers(monkeypatch):
+    """If the backend's fused call fails part way (the library refusing a job), the sequence
+    numbers (the IVs and nonces of AES-GCM and AES-CTR) it was given are burnt, not handed out
+    again with other plaintext."""
+    out_cfg, _ = configs("aes128ctr-sha256", backend="ipsecmb")
+    sa = SecurityAssociation(out_cfg, now=0.0)
+    bulk = sa.engine._bulk_protect
+    assert bulk.fused
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def esp_protect_into(self, *args):
+            raise RuntimeError("intel-ipsec-mb refused a job of the batch")
+
+    real = bulk.crypto
+    monkeypatch.setattr(bulk, "crypto", Failing())
+    batch = PacketBatch.from_packets([inner(random.Random(4), i) for i in range(5)], headroom=64, tailroom=32)
+    with pytest.raises(RuntimeError):
+        sa.protect_packets(batch, now=0.0)
+    assert sa.seq == 5
+    monkeypatch.undo()
+    res = sa.protect_packets(PacketBatch.from_packets([inner(random.Random(5), 0)], headroom=64, tailroom=32),
+                             now=0.0)
+    assert int.from_bytes(res.packet(0)[24:28], "big") == 6                  # the next number

@@ -278,8 +278,12 @@ class _Bulk:
             packets = packets if type(packets) is list else list(packets)
             if sa._has_lifetime or sa.hard_expired:
                 check_lifetime_before_protect(sa, now)
-            done = self.crypto.esp_protect(packets, self.fused_tmpl, self.fused_flags, self.salt,
-                                           self.block, sa.seq, engine.ident)
+            try:
+                done = self.crypto.esp_protect(packets, self.fused_tmpl, self.fused_flags, self.salt,
+                                               self.block, sa.seq, engine.ident)
+            except Exception:
+                self._burn(n)
+                raise
             if done.__class__ is tuple:
                 self._count_protected(n, done[1])
                 return done[0]
@@ -328,6 +332,12 @@ class _Bulk:
                     raise
         return out
 
+    def _burn(self, n: int) -> None:
+        """A fused call that failed may have sealed some packets under the next n sequence
+        numbers (IVs, for counter modes): never hand them out again.  A gap is harmless to the
+        receiver (RFC 4303 3.3.3 leaves it to the window)."""
+        self.sa.seq += n
+
     def _count_protected(self, n: int, octets: int) -> None:
         sa, engine = self.sa, self.engine
         sa.seq += n
@@ -357,11 +367,15 @@ class _Bulk:
                 and (not sa._has_lifetime or _limits_allow(sa, n, 65535 * n))):
             if sa._has_lifetime or sa.hard_expired:
                 check_lifetime_before_protect(sa, now)
-            done = self.crypto.esp_protect_into(
-                batch.buf, batch.offsets, batch.lengths,
-                self.bare_tmpl if esp_only else self.fused_tmpl,
-                self.fused_flags | (FUSED_BARE if esp_only else 0), self.salt, self.block, sa.seq,
-                engine.ident, *(inner_csum or (-1, 0)), *((os.urandom(16 * n),) if self.fused_cbc else ()))
+            try:
+                done = self.crypto.esp_protect_into(
+                    batch.buf, batch.offsets, batch.lengths,
+                    self.bare_tmpl if esp_only else self.fused_tmpl,
+                    self.fused_flags | (FUSED_BARE if esp_only else 0), self.salt, self.block, sa.seq,
+                    engine.ident, *(inner_csum or (-1, 0)), *((os.urandom(16 * n),) if self.fused_cbc else ()))
+            except Exception:
+                self._burn(n)
+                raise
             if done.__class__ is tuple:
                 self._count_protected(n, done[1])
                 return PacketBatch(batch.buf, batch.offsets - head, np.frombuffer(done[0], np.int64))
