@@ -22,6 +22,16 @@ packets), unprotected with `unprotect_batch` (anti-replay, ICV), checked against
 selectors (RFC 4301 5.2 step 4; mismatch: dropped as `policy`) and written to the inner side.
 Every drop is counted in `DriverStats.drops`.
 
+Where the CHILD SA's backend frames whole batches (`SecurityAssociation.frames_batches`), two
+paths carry the bulk of TCP traffic with no Python object per packet: a TCP super-packet read
+from the TUN is cut into rows one ESP-in-UDP datagram apart, protected in place
+(`protect_packets`, ESP only, checksum offload) and sent in UDP_SEGMENT runs (`_send_super`);
+the UDP_GRO reads of one drain are opened as one PacketBatch (`esp_runs_received`,
+`unprotect_packets`), checked against the selectors once per flow and merged into GSO writes
+(`TunDevice.write_packets`).  A CHILD SA whose backend computes whole batches in one call (the
+GPU: `prefers_whole_batches`) gets the packets of several reads together, held `batch_wait`
+seconds at most.
+
 Also owned here: trap policies (routes at start, the first matching packets held while the
 connection comes up), the outbound MTU check (a DF packet longer than fits the path is answered
 with ICMP "too big" into the inner side), transport mode (the IKE SA's hosts stand in for the

@@ -16,6 +16,11 @@ local stack hand over TCP super-packets of up to 64 KiB instead of MTU-size segm
 `read_batch` cuts them here (sequence numbers, IPv4 IDs, lengths, FIN and PSH on the last
 segment, CWR on the first) and completes the TCP / UDP checksums the kernel left partial.
 Without `tso` reads come with an all-zero header (whole, checksummed packets).
+`read_offloaded` leaves TCP super-packets whole instead (`TcpSuper`), for a caller that cuts
+them straight into its own buffer with room around each segment and partial checksums
+(`TcpSuper.rows`: the VPN cuts them one ESP datagram apart and seals them in place), and
+`write_packets` takes a `PacketBatch` and merges its TCP runs with `coalesce_batch`, the same
+rules as `coalesce_tcp` checked over the whole batch with numpy.
 `write_thread=True` moves the writes to a thread of their own: a TUN write carries the local
 stack's receive path, with the GIL released, so it runs beside the event loop on another core.
 
