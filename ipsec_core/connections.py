@@ -58,7 +58,7 @@ CONNECTION_KEYS = {
     "remote_id", "auth", "psk", "psk_file", "proposals", "encap", "backend", "rekey_time",
     "dpd_delay", "keepalive", "retransmit_timeout", "retransmit_base", "retransmit_tries",
     "children", "reauth_time", "over_time", "rand_time", "dpd_timeout", "fragmentation",
-    "fragment_size", "childless", "certs", "cacerts", "private_key", "rsa_pss",
+    "fragment_size", "childless", "certs", "cacerts", "private_key", "rsa_pss", "udp_gso",
 }
 CHILD_KEYS = {
     "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "backend", "rekey_time",
@@ -629,6 +629,9 @@ def connection_from_dict(name: str, raw: Any, *, file: str | None = None,
     encap = raw.get("encap", defaults.encap)
     if not isinstance(encap, bool):
         raise at.fail("encap", f"expected true or false, got {_type_name(encap)}")
+    udp_gso = raw.get("udp_gso", defaults.udp_gso)
+    if not isinstance(udp_gso, bool):
+        raise at.fail("udp_gso", f"expected true or false, got {_type_name(udp_gso)}")
     retransmit_base = raw.get("retransmit_base", defaults.retransmit_base)
     if (isinstance(retransmit_base, bool) or not isinstance(retransmit_base, (int, float))
             or not 1 <= retransmit_base <= 100):
@@ -659,6 +662,7 @@ def connection_from_dict(name: str, raw: Any, *, file: str | None = None,
         **pubkey,
         proposals=_proposals(raw, "proposals", at, defaults.proposals, _ike_proposal, catalog),
         encap=encap,
+        udp_gso=udp_gso,
         children=tuple(children),
         local_port=_integer(raw, "local_port", at, defaults.local_port, **port),
         remote_port=_integer(raw, "remote_port", at, defaults.remote_port, **port),

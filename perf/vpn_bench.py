@@ -42,12 +42,14 @@ from tests.interop import strongswan as ss  # noqa: E402
 PROPOSALS = ("aes128gcm16", "aes256-sha256", "chacha20poly1305")
 IKE_PROPOSAL = "aes128gcm16-prfsha256-ecp256"
 PAIRINGS = ("ss-ss", "up-up", "up-ss")
-#: pairings that are measured only when asked for: `ipsec up --no-offload` at both ends
-EXTRA_PAIRINGS = ("up-up-nooffload",)
+#: pairings that are measured only when asked for: `ipsec up --no-offload` at both ends, and
+#: `ipsec up --no-gso` to strongSwan
+EXTRA_PAIRINGS = ("up-up-nooffload", "up-ss-nogso")
 #: with --baseline DIR: `ipsec up` from another source tree at both ends (e.g. `git archive` of
 #: an older commit), measured in the same run as the others
 PAIRING_TEXT = {"ss-ss": "strongSwan -> strongSwan", "up-up": "ipsec up -> ipsec up",
                 "up-ss": "ipsec up -> strongSwan", "up-up-nooffload": "ipsec up --no-offload (both)",
+                "up-ss-nogso": "ipsec up --no-gso -> strongSwan",
                 "base-base": "baseline ipsec up -> baseline ipsec up"}
 A_ID, B_ID = "a.example.org", "b.example.org"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -183,7 +185,7 @@ class Tunnel:
             pair.b.wait_established(ike="net", child="net", timeout=10)
             self.net, self.pids = pair.net, {"a": pair.a.proc.pid, "b": pair.b.proc.pid}
             return
-        if self.pairing == "up-ss":
+        if self.pairing.startswith("up-ss"):
             pair = ss.StrongswanPair(start_a=False, conn_b=conn, workdir=self.workdir / "ss")
             self.stack.append(pair.__enter__())
             self.net = pair.net
@@ -193,7 +195,7 @@ class Tunnel:
             self.stack.append(self.net.__enter__())
             b_pid = None
         a, b = self.net.a, self.net.b
-        extra = ("--no-offload",) if self.pairing.endswith("-nooffload") else ()
+        extra = {"up-up-nooffload": ("--no-offload",), "up-ss-nogso": ("--no-gso",)}.get(self.pairing, ())
         both = self.pairing.startswith("up-up") or self.pairing == "base-base"
         if both:
             conf_b = up_conf(self.workdir / "b.toml", local=b.ip, remote=a.ip, local_id=B_ID, remote_id=A_ID,

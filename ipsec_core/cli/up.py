@@ -90,12 +90,14 @@ def open_tun(name: str, mtu: int, *, offload: bool = True):
 
 
 async def _serve(configs, *, tun, save_keys: Path | None, control: Path | None,
-                 control_required: bool, path_mtu: int | None, batch_wait: float = 0.0005) -> None:
+                 control_required: bool, path_mtu: int | None, batch_wait: float = 0.0005,
+                 udp_gso: bool = True) -> None:
     from ipsec_core.vpn.control import ControlError, ControlServer, driver_handler
     from ipsec_core.vpn.driver import Driver
 
     try:
-        driver = Driver(configs, inner=tun, save_keys=save_keys, path_mtu=path_mtu, batch_wait=batch_wait)
+        driver = Driver(configs, inner=tun, save_keys=save_keys, path_mtu=path_mtu, batch_wait=batch_wait,
+                        udp_gso=udp_gso)
     except BaseException:
         tun.close()
         raise
@@ -172,6 +174,11 @@ def up(
         "--batch-wait-us", min=0, max=100_000, metavar="US",
         help="How long packets for a CHILD SA whose backend computes whole batches in one call "
              "(the GPU) may wait for more, at most (0: each read as it comes).")] = 500,
+    gso: Annotated[bool, typer.Option(
+        "--gso/--no-gso",
+        help="Send runs of ESP datagrams with one UDP_SEGMENT system call (--no-gso: one each; "
+             "fewer drops at a peer that reads one datagram at a time, such as strongSwan's "
+             "kernel-libipsec).  UDP_GRO stays on.")] = True,
 ) -> None:
     """Bring up IKEv2 connections and carry their traffic through a TUN device, in the foreground.
 
@@ -197,7 +204,7 @@ def up(
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         _up(config, connection, save_keys, netns, tun_name, mtu, path_mtu, control, offload,
-            batch_wait_us)
+            batch_wait_us, gso)
     except _Interrupted:
         logging.getLogger(LOGGER).info("stopped during start-up")
     finally:
@@ -214,7 +221,8 @@ def _interrupt(signum, frame) -> None:
 
 
 def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int | None,
-        path_mtu: int, control: Path | None, offload: bool = True, batch_wait_us: int = 500) -> None:
+        path_mtu: int, control: Path | None, offload: bool = True, batch_wait_us: int = 500,
+        gso: bool = True) -> None:
     from ipsec_core.vpn.control import default_path
     from ipsec_core.vpn.driver import inner_mtu
 
@@ -233,7 +241,7 @@ def _up(config: Path, connection, save_keys, netns, tun_name: str, mtu: int | No
     try:
         asyncio.run(_serve(configs, tun=tun, save_keys=save_keys,
                            control=control or default_path(netns), control_required=control is not None,
-                           path_mtu=path_mtu, batch_wait=batch_wait_us / 1e6))
+                           path_mtu=path_mtu, batch_wait=batch_wait_us / 1e6, udp_gso=gso))
     except BaseException:
         tun.close()
         raise

@@ -99,6 +99,7 @@ class IkeConfig:
     rsa_pss: bool = False                 # pubkey with an RSA key: sign with PSS, not PKCS#1 v1.5
     proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048")
     encap: bool = False                   # force UDP encapsulation (fake NAT, as strongSwan)
+    udp_gso: bool = True                  # ESP to this peer in UDP_SEGMENT runs (False: one each)
     children: tuple[ChildConfig, ...] = ()
     local_port: int = IKE_PORT
     remote_port: int = IKE_PORT

@@ -433,7 +433,7 @@ class ChildSa:
 
     __slots__ = ("connection", "child", "inbound", "outbound", "selectors", "local_ts",
                  "remote_ts", "proposal", "peer", "send_from", "in_header", "strip",
-                 "remote_networks", "tunnel", "max_inner", "installed_at")
+                 "remote_networks", "tunnel", "max_inner", "installed_at", "gso")
 
     def __init__(self, event: ev.ChildSaInstalled, inbound: SecurityAssociation,
                  outbound: SecurityAssociation, send_from: str | None, *,
@@ -447,6 +447,7 @@ class ChildSa:
         self.remote_ts = tuple(event.remote_ts)
         self.proposal = event.proposal
         self.installed_at = installed_at
+        self.gso = True              # the connection's udp_gso: ESP in UDP_SEGMENT runs
         self.selectors = child_selectors(self.local_ts, self.remote_ts)
         self.remote_networks = [n for t in self.remote_ts for n in TrafficSelector.parse(t).networks]
         out = outbound.config
@@ -609,7 +610,8 @@ class Driver:
                  nat_t_port: int | None = None, save_keys: str | Path | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, close_timeout: float = CLOSE_TIMEOUT_S,
                  path_mtu: int | None = DEFAULT_PATH_MTU, mark: int | None = BYPASS_MARK,
-                 batch_wait: float = DEFAULT_BATCH_WAIT_S, batch_target: int = BATCH_TARGET):
+                 batch_wait: float = DEFAULT_BATCH_WAIT_S, batch_target: int = BATCH_TARGET,
+                 udp_gso: bool = True):
         if not configs:
             raise LocalError("no connection to run")
         self.configs = {c.name: c for c in configs}
@@ -635,6 +637,7 @@ class Driver:
             raise LocalError(f"batch_wait must be >= 0 s and batch_target >= 1, not "
                              f"{batch_wait} / {batch_target}")
         self.batch_wait, self.batch_target = batch_wait, batch_target
+        self.udp_gso = udp_gso
         # Packets held for SAs that want whole batches: id(child) -> (child, packets), one
         # dict per direction (inbound keyed by SPI), flushed by a timer or by BATCH_TARGET.
         self._held_out: dict[int, tuple[ChildSa, list[bytes]]] = {}
@@ -693,7 +696,7 @@ class Driver:
                        for a in self.local_addresses)
         self.udp = UdpEndpoint(self, local_addresses=self.local_addresses, ike_port=self.ike_port,
                                nat_t_port=self.nat_t_port, max_batch=self.max_batch, mark=self.mark,
-                               offload=self.keys is None and not loopback)
+                               offload=self.keys is None and not loopback, gso=self.udp_gso)
         try:
             self._bound_hosts = {_host(addr) for _, addr in self.udp.local_addresses}
             if self.keys is not None:
@@ -1063,6 +1066,8 @@ class Driver:
         send_from = str(local) if str(local) in self._bound_hosts else None
         try:
             child = ChildSa(e, inbound, outbound, send_from, peer=peer, local=here, installed_at=now)
+            cfg = self.configs.get(e.connection)
+            child.gso = cfg.udp_gso if cfg is not None else True
         except LocalError as exc:
             log.error("CHILD SA %s not installed: %s", e.child, exc)
             return
@@ -1382,9 +1387,10 @@ class Driver:
             self.stats.framed_in_place += count
             end = int(res.offsets[-1] + res.lengths[-1])
             sent = self.udp.send_esp_run(memoryview(buf)[:end], int(res.lengths[0]), child.peer,
-                                         local=child.send_from)
+                                         local=child.send_from, gso=child.gso)
         else:
-            sent = self.udp.send_esp_batch(res.packets(), child.peer, local=child.send_from)
+            sent = self.udp.send_esp_batch(res.packets(), child.peer, local=child.send_from,
+                                           gso=child.gso)
         self.stats.esp_sent += sent
         if sent < count:
             self.stats.drops["send_failed"] += count - sent
@@ -1482,7 +1488,7 @@ class Driver:
             payloads = [w[_transport_strip(w):] for w in wire]
         if child.outbound.soft_expired or child.outbound.hard_expired:
             self._lifetimes(child.outbound, now)
-        sent = self.udp.send_esp_batch(payloads, child.peer, local=child.send_from)
+        sent = self.udp.send_esp_batch(payloads, child.peer, local=child.send_from, gso=child.gso)
         self.stats.esp_sent += sent
         if sent < len(wire):
             drops["send_failed"] += len(wire) - sent

@@ -193,13 +193,16 @@ class UdpEndpoint:
     can tell the tunnel's own datagrams from the traffic it carries.
     `rcvbuf` / `sndbuf`: socket buffer sizes (default: the kernel's, ESP_BUFFER_BYTES on NAT-T
     sockets).  `offload`: use UDP_SEGMENT and UDP_GRO on the NAT-T sockets where the kernel has
-    them (False: one system call per datagram, as before Linux 4.18).
+    them (False: one system call per datagram, as before Linux 4.18).  `gso=False` keeps UDP_GRO
+    but sends one datagram per system call: a receiver that reads one datagram at a time
+    (strongSwan's kernel-libipsec) loses fewer of them when they do not arrive in bursts.
     """
 
     def __init__(self, handler: UdpHandler, *, local_addresses: Sequence[str],
                  ike_port: int | None = IKE_PORT, nat_t_port: int | None = NAT_T_PORT,
                  max_batch: int = DEFAULT_MAX_BATCH, rcvbuf: int | None = None,
-                 sndbuf: int | None = None, mark: int | None = None, offload: bool = True):
+                 sndbuf: int | None = None, mark: int | None = None, offload: bool = True,
+                 gso: bool = True):
         if not local_addresses:
             raise LocalError("UdpEndpoint needs at least one local address (\"0.0.0.0\", \"::\", ...)")
         if ike_port is None and nat_t_port is None:
@@ -224,7 +227,7 @@ class UdpEndpoint:
                     continue
                 for host in local_addresses:
                     bound = self._bind(kind, host, port, rcvbuf=rcvbuf, sndbuf=sndbuf, mark=mark,
-                                       offload=offload)
+                                       offload=offload, gso=gso)
                     port = bound.local[1]  # port 0: the others reuse the port the first one got
                     self._sockets.append(bound)
                     self._default.setdefault((kind, bound.family), bound)
@@ -238,7 +241,8 @@ class UdpEndpoint:
 
     @staticmethod
     def _bind(kind: SocketKind, host: str, port: int, *, rcvbuf: int | None,
-              sndbuf: int | None, mark: int | None = None, offload: bool = False) -> _BoundSocket:
+              sndbuf: int | None, mark: int | None = None, offload: bool = False,
+              gso: bool = True) -> _BoundSocket:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
                                        flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE)
@@ -258,9 +262,10 @@ class UdpEndpoint:
                 _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
             if sndbuf:
                 _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, sndbuf)
+            use_gso = gso
             gso = gro = False
             if offload and kind is SocketKind.NAT_T:
-                gso = _gso_supported(sock)
+                gso = use_gso and _gso_supported(sock)
                 try:
                     sock.setsockopt(SOL_UDP, UDP_GRO, 1)
                     gro = True
@@ -502,11 +507,12 @@ class UdpEndpoint:
         return True
 
     def send_esp_batch(self, packets: Sequence[bytes], addr: Address, *,
-                       local: str | None = None) -> int:
+                       local: str | None = None, gso: bool = True) -> int:
         """Send ESP packets to one peer; returns how many the kernel took (the rest are counted).
-        Runs of equal-size packets go out as one UDP_SEGMENT send where the socket can."""
+        Runs of equal-size packets go out as one UDP_SEGMENT send where the socket can (and
+        `gso`: False sends one datagram per system call, for a peer that reads them one by one)."""
         bound = self._bound_for(SocketKind.NAT_T, addr, local)
-        if not bound.gso or len(packets) < 2:
+        if not (bound.gso and gso) or len(packets) < 2:
             return self._send_each(bound.sock, packets, addr)
         sent = 0
         i, count = 0, len(packets)
@@ -535,7 +541,8 @@ class UdpEndpoint:
             i = j
         return sent
 
-    def send_esp_run(self, data, size: int, addr: Address, *, local: str | None = None) -> int:
+    def send_esp_run(self, data, size: int, addr: Address, *, local: str | None = None,
+                     gso: bool = True) -> int:
         """Send `data` (bytes-like) as ESP datagrams of `size` bytes each, the last one maybe
         shorter: ESP packets laid back to back, as `SecurityAssociation.protect_packets`
         leaves them (esp_only) in one buffer.  UDP_SEGMENT sends of up to 64 datagrams where
@@ -550,7 +557,7 @@ class UdpEndpoint:
         while at < total:
             end = min(total, at + per * size)
             count = -(-(end - at) // size)
-            if bound.gso and count > 1:
+            if bound.gso and gso and count > 1:
                 done = self._send_gso(bound, view[at:end], size, count, addr)
                 if done is not None:
                     sent += done

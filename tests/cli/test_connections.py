@@ -93,7 +93,7 @@ def test_defaults_are_ike_configs():
     site = load({})["site"]
     defaults = IkeConfig("x", (), ())
     assert site.local_id is None and site.remote_id is None
-    for key in ("proposals", "encap", "local_port", "remote_port", "nat_t_port", "backend",
+    for key in ("proposals", "encap", "udp_gso", "local_port", "remote_port", "nat_t_port", "backend",
                 "rekey_time", "dpd_delay", "keepalive_interval", "retransmit_timeout",
                 "retransmit_base", "retransmit_tries"):
         assert getattr(site, key) == getattr(defaults, key), key
@@ -108,7 +108,7 @@ def test_every_key_is_settable():
         f"{CONN}.remote_addrs": ["2001:db8::2"],
         f"{CONN}.local_port": 1500, f"{CONN}.remote_port": 1501, f"{CONN}.nat_t_port": 14500,
         f"{CONN}.local_id": "a", f"{CONN}.remote_id": "b",
-        f"{CONN}.proposals": "aes256-sha256-modp2048", f"{CONN}.encap": False,
+        f"{CONN}.proposals": "aes256-sha256-modp2048", f"{CONN}.encap": False, f"{CONN}.udp_gso": False,
         f"{CONN}.backend": "reference", f"{CONN}.rekey_time": "2h", f"{CONN}.dpd_delay": 30,
         f"{CONN}.keepalive": "10s", f"{CONN}.retransmit_timeout": 2,
         f"{CONN}.retransmit_base": 2, f"{CONN}.retransmit_tries": 3,
@@ -119,7 +119,7 @@ def test_every_key_is_settable():
     })["site"]
     assert site.local_addrs == ("2001:db8::1", "192.0.2.1")
     assert (site.local_port, site.remote_port, site.nat_t_port) == (1500, 1501, 14500)
-    assert site.proposals == ("aes256-sha256-modp2048",) and site.encap is False
+    assert site.proposals == ("aes256-sha256-modp2048",) and site.encap is False and site.udp_gso is False
     assert (site.backend, site.rekey_time, site.dpd_delay, site.keepalive_interval) == (
         "reference", 7200.0, 30.0, 10.0)
     assert (site.retransmit_timeout, site.retransmit_base, site.retransmit_tries) == (2.0, 2.0, 3)
@@ -365,6 +365,7 @@ BAD = [
     ({f"{CONN}.proposals": []}, f"{CONN}.proposals", "empty array"),
     ({f"{CONN}.proposals": [["aes128"]]}, f"{CONN}.proposals[0]", "got an array"),
     ({f"{CONN}.encap": "yes"}, f"{CONN}.encap", "expected true or false"),
+    ({f"{CONN}.udp_gso": 0}, f"{CONN}.udp_gso", "expected true or false"),
     ({f"{CONN}.backend": 1}, f"{CONN}.backend", "expected a backend name"),
     ({f"{CONN}.rekey_time": -5}, f"{CONN}.rekey_time", "not a duration"),
     ({f"{CONN}.dpd_delay": True}, f"{CONN}.dpd_delay", "not a duration"),

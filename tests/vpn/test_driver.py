@@ -720,3 +720,19 @@ def test_gro_runs_are_opened_as_batches_with_every_drop_counted():
         await pair.down()
 
     run(scenario())
+
+
+def test_udp_gso_is_per_connection():
+    """A connection with udp_gso = false gets CHILD SAs whose ESP goes out one datagram per
+    send; the default keeps UDP_SEGMENT runs."""
+    import dataclasses
+
+    async def scenario():
+        pair = Pair()
+        pair.a.configs = {n: dataclasses.replace(c, udp_gso=False) for n, c in pair.a.configs.items()}
+        await pair.up()
+        (child_a,), (child_b,) = pair.a.children, pair.b.children
+        assert child_a.gso is False and child_b.gso is True
+        await pair.down()
+
+    run(scenario())

@@ -245,3 +245,24 @@ def test_esp_batches_arrive_byte_exact(udp_netns, af, offload):
                 assert a.stats.gso_sends == 0 and b.stats.gro_receives == 0
 
     run(udp_netns, scenario)
+
+
+@pytest.mark.root
+def test_gso_off_for_one_peer_sends_datagrams_one_by_one(udp_netns):
+    """send_esp_batch / send_esp_run with gso=False (a connection's udp_gso = false): every
+    datagram arrives, in order, and none went out in a UDP_SEGMENT send."""
+    async def scenario():
+        a, _, b, hb = await pair(offload=True, max_batch=512)
+        with a, b:
+            burst = [_esp(0x3000, i, 1200) for i in range(20)]
+            assert a.send_esp_batch(burst[:10], (B4, b.nat_t_port), gso=False) == 10
+            assert a.send_esp_run(b"".join(burst[10:]), 1200, (B4, b.nat_t_port), gso=False) == 10
+            got = []
+            while len(got) < 20:
+                got += (await get(hb.esp)).packets
+            assert got == burst and a.stats.gso_sends == 0 and a.stats.esp_sent == 20
+            if a._sockets[-1].gso:              # and with gso (the default) it would have used it
+                assert a.send_esp_run(b"".join(burst[:4]), 1200, (B4, b.nat_t_port)) == 4
+                assert a.stats.gso_sends == 1
+
+    run(udp_netns, scenario)
