@@ -1356,12 +1356,10 @@ class Driver:
             child = next((c for c in self.children if c.matches_out(s)), None)
         if (child is None or child.strip is None or not child.outbound.frames_batches
                 or (child.max_inner is not None and length > child.max_inner)):
-            rows, count, last = sup.rows()
-            packets = [row.tobytes() for row in rows[:count - 1]]
-            packets.append(rows[count - 1, :last].tobytes())
-            self.stats.inner_read += count
+            packets = sup.segments()
+            self.stats.inner_read += len(packets)
             self.send_inner(packets, now=now)
-            return count
+            return len(packets)
         out = child.outbound
         eng = out.engine
         head, tail = 8 + eng.iv_bytes, (-(length + 2)) % eng.block + 2 + eng.icv_bytes

@@ -670,6 +670,10 @@ class TcpSuper:
         """The length of every segment but maybe the last."""
         return self.end + self.mss
 
+    def segments(self) -> list[bytes]:
+        """The segments as whole packets with complete checksums, one bytes object each."""
+        return _segment_tcp(self.p, ip=self.ip, end=self.end, mss=self.mss, v4=self.v4)
+
     def rows(self, *, head: int = 0, tail: int = 0, partial: bool = False):
         """`_segment_rows` of this super-packet (`even` ones only): (rows, count, last)."""
         return _segment_rows(self.p, ip=self.ip, end=self.end, mss=self.mss, v4=self.v4,
