@@ -261,19 +261,7 @@ class TunDevice:
         Returns how many were written (TCP segments merged into one write count one each)."""
         if self._writer is not None:
             return self._enqueue(packets)
-        write, fd = os.write, self._fd
-        if self.vnet_hdr:
-            return self._write_coalesced(packets)
-        written = 0
-        for packet in packets:
-            try:
-                write(fd, packet)
-            except OSError:
-                self.write_errors += 1
-                continue
-            written += 1
-        self.packets_written += written
-        return written
+        return self._write_coalesced(packets) if self.vnet_hdr else self._write_plain(packets)
 
     def write_packets(self, batch) -> int:
         """`write_batch` for a `PacketBatch` (ipsec_core.dataplane.batch): with `vnet_hdr`,

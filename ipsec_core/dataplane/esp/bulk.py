@@ -338,6 +338,28 @@ class _Bulk:
         receiver (RFC 4303 3.3.3 leaves it to the window)."""
         self.sa.seq += n
 
+    def _nonces(self, ivs, iv_dtype: str) -> bytes:
+        """salt || IV of every packet (the AEAD nonces, RFC 4106 / 7634): the IVs are sequence
+        numbers (">u8") going out, the received 8 bytes ("V8") coming in."""
+        rows = np.empty(len(ivs), [("salt", f"V{len(self.salt)}"), ("iv", iv_dtype)])
+        rows["salt"] = np.frombuffer(self.salt, f"V{len(self.salt)}")[0]
+        rows["iv"] = ivs
+        return rows.tobytes()
+
+    def _ctr_blocks(self, ivs, iv_dtype: str) -> bytes:
+        """salt || IV || counter 1 of every packet (AES-CTR, RFC 3686)."""
+        rows = np.empty(len(ivs), [("salt", "V4"), ("iv", iv_dtype), ("ctr", ">u4")])
+        rows["salt"] = np.frombuffer(self.salt, "V4")[0]
+        rows["iv"], rows["ctr"] = ivs, 1
+        return rows.tobytes()
+
+    def _esn_aads(self, seqs) -> bytes:
+        """SPI || 64-bit sequence number of every packet (the ESN AAD, RFC 4106 5)."""
+        rows = np.empty(len(seqs), [("spi", "V4"), ("seq", ">u8")])
+        rows["spi"] = np.frombuffer(self.engine.spi_bytes, "V4")[0]
+        rows["seq"] = np.asarray(seqs).astype(np.uint64)
+        return rows.tobytes()
+
     def _count_protected(self, n: int, octets: int) -> None:
         sa, engine = self.sa, self.engine
         sa.seq += n
@@ -444,28 +466,11 @@ class _Bulk:
         esp = starts + self.esp_at
         hi = (seqs >> np.uint64(32)).astype(">u4").tobytes() if engine.esn else None
         if self.aead:
-            salt = self.salt
-            nonces = np.zeros(n, [("salt", f"V{len(salt)}"), ("iv", ">u8")])
-            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
-            nonces["iv"] = seqs
-            if engine.esn:
-                aads = np.zeros(n, [("spi", "V4"), ("seq", ">u8")])
-                aads["spi"] = heads["spi"]
-                aads["seq"] = seqs
-            else:
-                aads = np.ascontiguousarray(heads.view(np.uint8).reshape(n, self.head)
-                                            [:, self.esp_at:self.esp_at + 8])
-            self.crypto.seal_batch(buf, starts + self.head, plen, nonces.tobytes(), aads.tobytes())
+            aad = self._esn_aads(seqs) if engine.esn else \
+                heads.view(np.uint8).reshape(n, self.head)[:, self.esp_at:self.esp_at + 8].tobytes()
+            self.crypto.seal_batch(buf, starts + self.head, plen, self._nonces(seqs, ">u8"), aad)
         else:
-            if cbc:
-                ivb = ivs
-            elif self.null:
-                ivb = bytes(16 * n)
-            else:
-                blocks = np.zeros(n, [("salt", "V4"), ("iv", ">u8"), ("ctr", ">u4")])
-                blocks["salt"] = np.frombuffer(self.salt, "V4")[0]
-                blocks["iv"], blocks["ctr"] = seqs, 1
-                ivb = blocks.tobytes()
+            ivb = ivs if cbc else bytes(16 * n) if self.null else self._ctr_blocks(seqs, ">u8")
             self.crypto.seal_batch(buf, esp, esp_len - self.icv, ivb, hi)
         out = slices(bytes(buf), starts, wire)
         sa.seq = seq0 + n
@@ -514,28 +519,11 @@ class _Bulk:
             heads["iv"] = seqs
         nhs = np.where(v6, IPPROTO_IPV6, IPPROTO_IPIP).astype(np.uint8)
         if self.aead:
-            salt = self.salt
-            nonces = np.empty(n, [("salt", f"V{len(salt)}"), ("iv", ">u8")])
-            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
-            nonces["iv"] = seqs
-            if engine.esn:
-                aads = np.empty(n, [("spi", "V4"), ("seq", ">u8")])
-                aads["spi"] = heads["spi"]
-                aads["seq"] = seqs
-                aad = aads.tobytes()
-            else:
-                aad = rows[:, self.esp_at:self.esp_at + 8].tobytes()
-            out = self.crypto.esp_seal(packets, rows, self.head, nhs, self.block, nonces, aad)
+            aad = self._esn_aads(seqs) if engine.esn else rows[:, self.esp_at:self.esp_at + 8].tobytes()
+            out = self.crypto.esp_seal(packets, rows, self.head, nhs, self.block,
+                                       self._nonces(seqs, ">u8"), aad)
         else:
-            if cbc:
-                ivb = ivs
-            elif self.null:
-                ivb = bytes(16 * n)
-            else:
-                blocks = np.empty(n, [("salt", "V4"), ("iv", ">u8"), ("ctr", ">u4")])
-                blocks["salt"] = np.frombuffer(self.salt, "V4")[0]
-                blocks["iv"], blocks["ctr"] = seqs, 1
-                ivb = blocks
+            ivb = ivs if cbc else bytes(16 * n) if self.null else self._ctr_blocks(seqs, ">u8")
             hi = (seqs >> np.uint64(32)).astype(">u4") if engine.esn else None
             out = self.crypto.esp_seal(packets, rows, self.head, nhs, self.block, ivb, hi)
         sa.seq = seq0 + n
@@ -727,28 +715,17 @@ class _Bulk:
         n = len(lens)
         icv = self.icv
         ct_len = lens - self.head - icv
+        received_ivs = np.ascontiguousarray(h[:, self.esp_at + 8:self.esp_at + 16]).view("V8")[:, 0] \
+            if self.ivb == 8 else None
         if self.aead:
-            salt = self.salt
-            nonces = np.empty(n, [("salt", f"V{len(salt)}"), ("iv", "V8")])
-            nonces["salt"] = np.frombuffer(salt, f"V{len(salt)}")[0]
-            nonces["iv"] = h[:, self.esp_at + 8:self.esp_at + 16].copy().view("V8")[:, 0]
-            if engine.esn:
-                aads = np.empty(n, [("spi", "V4"), ("seq", ">u8")])
-                aads["spi"] = np.frombuffer(engine.spi_bytes, "V4")[0]
-                aads["seq"] = seqs.astype(np.uint64)
-                aad = aads.tobytes()
-            else:
-                aad = h[:, self.esp_at:self.esp_at + 8].tobytes()
+            nonces = self._nonces(received_ivs, "V8")
+            aad = self._esn_aads(seqs) if engine.esn else h[:, self.esp_at:self.esp_at + 8].tobytes()
             why = "AEAD tag mismatch"
         else:
             if self.null:
                 ivb = bytes(16 * n)
             elif engine.ctr:
-                blocks = np.empty(n, [("salt", "V4"), ("iv", "V8"), ("ctr", ">u4")])
-                blocks["salt"] = np.frombuffer(self.salt, "V4")[0]
-                blocks["iv"] = np.ascontiguousarray(h[:, self.esp_at + 8:self.esp_at + 16]).view("V8")[:, 0]
-                blocks["ctr"] = 1
-                ivb = blocks.tobytes()
+                ivb = self._ctr_blocks(received_ivs, "V8")
             else:
                 ivb = h[:, self.esp_at + 8:self.esp_at + 24].tobytes()
             why = "ICV mismatch"
@@ -756,7 +733,7 @@ class _Bulk:
             # framed: the plaintexts come back to back in a buffer of their own
             sub = packets[first:first + n]
             if self.aead:
-                verdicts, data = self.crypto.esp_open(sub, self.head, ct_len, nonces.tobytes(), aad)
+                verdicts, data = self.crypto.esp_open(sub, self.head, ct_len, nonces, aad)
             else:
                 verdicts, data = self.crypto.esp_open(sub, self.esp_at, lens - self.esp_at - icv, ivb)
             u = np.frombuffer(data, np.uint8)
@@ -764,7 +741,7 @@ class _Bulk:
             np.cumsum(ct_len[:-1], out=inner_at[1:])
         else:
             if self.aead:
-                verdicts = self.crypto.open_batch(buf, starts + self.head, ct_len, nonces.tobytes(), aad)
+                verdicts = self.crypto.open_batch(buf, starts + self.head, ct_len, nonces, aad)
             else:
                 hi = (seqs >> 32).astype(">u4").tobytes() if engine.esn else None
                 verdicts = self.crypto.open_batch(buf, starts + self.esp_at, lens - self.esp_at - icv,
