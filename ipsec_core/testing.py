@@ -67,6 +67,40 @@ class Check:
         return self.id
 
 
+def issue_certificate(subject, key, issuer, issuer_key, *, ca: bool, san=(), days=(-1, 30),
+                      now=None):
+    """An X.509 certificate for tests and benchmarks: `subject` / `issuer` (x509.Name), the
+    subject's and issuer's private keys, basic constraints (`ca`), key identifiers, key usage
+    for a CA, subject alternative names `san` (x509.GeneralName), valid from now + days[0] to
+    now + days[1]; signed with SHA-384 by a P-384 or P-521 issuer, SHA-256 otherwise."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    pub = key.public_key()
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+               .public_key(pub).serial_number(x509.random_serial_number())
+               .not_valid_before(now + dt.timedelta(days=days[0]))
+               .not_valid_after(now + dt.timedelta(days=days[1]))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   issuer_key.public_key()), critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
+    digest = hashes.SHA384() if isinstance(issuer_key, ec.EllipticCurvePrivateKey) and \
+        issuer_key.curve.key_size > 256 else hashes.SHA256()
+    return builder.sign(issuer_key, digest)
+
+
 class CountingBatchAead:
     """An AEAD with the whole-batch calls a GPU backend has (`encrypt_batch` / `decrypt_batch`,
     `ipsec_core.crypto.base`), over another backend's AEAD, counting the calls of each kind."""

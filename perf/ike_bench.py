@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import functools
 import gc
 import ipaddress
@@ -32,11 +31,12 @@ import tracemalloc
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from ipsec_core.crypto.registry import get_registry
+from ipsec_core.testing import issue_certificate
 from ipsec_core.ike.config import ChildConfig, IkeConfig, TrafficSelectorSpec
 from ipsec_core.ike.endpoint import IkeEndpoint
 from ipsec_core.ike.events import IkeSaEstablished
@@ -65,22 +65,9 @@ def _name(cn: str) -> x509.Name:
 
 
 def _issue(cn: str, key, issuer_cn: str, issuer_key, *, ca: bool) -> bytes:
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(issuer_cn))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                              critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    else:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    cert = issue_certificate(_name(cn), key, _name(issuer_cn), issuer_key, ca=ca,
+                             san=() if ca else [x509.DNSName(cn)])
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 @functools.lru_cache(maxsize=None)

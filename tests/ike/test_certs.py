@@ -14,7 +14,7 @@ import struct
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
@@ -28,6 +28,7 @@ from ipsec_core.ike.constants import AuthMethod, CertEncoding, IdType, NotifyTyp
 from ipsec_core.ike.endpoint import IkeEndpoint
 from ipsec_core.ike.events import ChildSaInstalled, IkeSaDeleted, IkeSaEstablished, IkeSaFailed
 from ipsec_core.ike.payloads import AuthPayload, CertReqPayload, IdiPayload, NotifyPayload
+from ipsec_core.testing import issue_certificate
 
 REGISTRY = get_registry()
 A_ADDR, B_ADDR = "192.0.2.1", "192.0.2.2"
@@ -49,25 +50,7 @@ def dn(cn: str) -> x509.Name:
 
 
 def issue(subject: str, key, issuer: str, issuer_key, *, ca: bool, san=(), days=(-1, 365)):
-    pub = key.public_key()
-    builder = (x509.CertificateBuilder().subject_name(dn(subject)).issuer_name(dn(issuer))
-               .public_key(pub).serial_number(x509.random_serial_number())
-               .not_valid_before(NOW + dt.timedelta(days=days[0]))
-               .not_valid_after(NOW + dt.timedelta(days=days[1]))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   issuer_key.public_key()), critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
-    digest = hashes.SHA384() if isinstance(issuer_key, ec.EllipticCurvePrivateKey) and \
-        issuer_key.curve.key_size > 256 else hashes.SHA256()
-    return builder.sign(issuer_key, digest)
+    return issue_certificate(dn(subject), key, dn(issuer), issuer_key, ca=ca, san=san, days=days, now=NOW)
 
 
 def der(cert) -> bytes:

@@ -19,9 +19,11 @@ import re
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from ipsec_core.testing import issue_certificate
 
 from . import strongswan as ss
 from .test_up_strongswan import A_ID, B_ID, UpProcess, ping, skip_unless_ready
@@ -44,21 +46,8 @@ def _name(cn: str) -> x509.Name:
 
 
 def _issue(cn, key, issuer_cn, issuer_key, *, ca: bool, host: str | None = None):
-    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(issuer_cn))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=30))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                              critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-    if host:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
+    return issue_certificate(_name(cn), key, _name(issuer_cn), issuer_key, ca=ca, now=NOW,
+                             san=[x509.DNSName(host)] if host else ())
 
 
 def _pem(cert) -> bytes:
@@ -70,11 +59,13 @@ def _key_pem(key) -> bytes:
                              serialization.NoEncryption())
 
 
-def make_pki(tmp_path, kind: str, *, side: str, strongswan_ca: str = "own"):
-    """Our files in tmp_path/ours; strongSwan's in the x509/, x509ca/ and private/ directories
-    beside the swanctl.conf of its side ("A" or "B") of the harness's workdir tmp_path/ss.
-    strongswan_ca="stranger": strongSwan's certificate comes from a CA we do not trust."""
-    root_key, inter_key, our_key, their_key = (_key(kind) for _ in range(4))
+def make_pki(tmp_path, kind: str, *, side: str, strongswan_ca: str = "own", keys=None):
+    """Our files in tmp_path/ours (cert.pem holds ours and the intermediate); strongSwan's in
+    the x509/, x509ca/ and private/ directories beside the swanctl.conf of its side ("A" or
+    "B") of the harness's workdir tmp_path/ss.  strongswan_ca="stranger": strongSwan's
+    certificate comes from a CA we do not trust.  `keys`: root, intermediate, ours and
+    strongSwan's private keys (default: new ones of `kind`)."""
+    root_key, inter_key, our_key, their_key = keys or tuple(_key(kind) for _ in range(4))
     root = _issue("Interop Root", root_key, "Interop Root", root_key, ca=True)
     inter = _issue("Interop Intermediate", inter_key, "Interop Root", root_key, ca=True)
     ours = _issue(A_ID, our_key, "Interop Intermediate", inter_key, ca=False, host=A_ID)

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import strongswan as ss
-from .test_certs_strongswan import _issue, _key_pem, _pem, _pings, our_conf, strongswan_conn
+from .test_certs_strongswan import _pings, make_pki, our_conf, strongswan_conn
 from .test_up_strongswan import A_ID, B_ID, UpProcess, skip_unless_ready
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -35,27 +35,8 @@ def _keys():
 
 
 def make_big_pki(tmp_path, *, side: str):
-    """Our chain in tmp_path/ours (cert.pem holds ours and the intermediate); strongSwan's
-    certificate, key and our root in the swanctl directories of its side ("A" or "B")."""
-    root_key, inter_key, our_key, their_key = _keys()
-    root = _issue("Interop Root", root_key, "Interop Root", root_key, ca=True)
-    inter = _issue("Interop Intermediate", inter_key, "Interop Root", root_key, ca=True)
-    ours = _issue(A_ID, our_key, "Interop Intermediate", inter_key, ca=False, host=A_ID)
-    theirs = _issue(B_ID, their_key, "Interop Root", root_key, ca=False, host=B_ID)
-    mine = tmp_path / "ours"
-    mine.mkdir()
-    (mine / "cert.pem").write_bytes(_pem(ours) + _pem(inter))
-    (mine / "ca.pem").write_bytes(_pem(root))
-    (mine / "key.pem").write_bytes(_key_pem(our_key))
-    (mine / "key.pem").chmod(0o600)
-    swanctl = tmp_path / "ss" / side
-    for sub in ("x509", "x509ca", "private"):
-        (swanctl / sub).mkdir(parents=True)
-    (swanctl / "x509" / "b.pem").write_bytes(_pem(theirs))
-    (swanctl / "x509ca" / "root.pem").write_bytes(_pem(root))
-    (swanctl / "private" / "b.pem").write_bytes(_key_pem(their_key))
-    (swanctl / "private" / "b.pem").chmod(0o600)
-    return mine
+    """`make_pki` with the RSA-4096 keys."""
+    return make_pki(tmp_path, "rsa", side=side, keys=_keys())
 
 
 def fragmenting_conn() -> dict:
