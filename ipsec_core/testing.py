@@ -67,6 +67,38 @@ class Check:
         return self.id
 
 
+#: A TCP server for end-to-end tests through a tunnel, run as `python3 -c TCP_HASH_SERVER SIZE
+#: ADDRESS REPLY`: it takes SIZE bytes on ADDRESS port 5399, sends back bytes(range(251)) * REPLY,
+#: and prints "ready", then the SHA-256 of what it got and how many bytes it missed.
+TCP_HASH_SERVER = r"""
+import hashlib, socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[2], 5399)); srv.listen(1); print("ready", flush=True)
+conn, _ = srv.accept()
+h, left = hashlib.sha256(), int(sys.argv[1])
+while left:
+    chunk = conn.recv(min(left, 1 << 16))
+    if not chunk:
+        break
+    h.update(chunk); left -= len(chunk)
+conn.sendall(bytes(range(251)) * int(sys.argv[3])); conn.shutdown(socket.SHUT_WR)
+print(h.hexdigest(), left, flush=True)
+"""
+
+#: Its client, `python3 -c TCP_HASH_CLIENT SIZE SERVER SOURCE`: sends SIZE seeded random bytes
+#: from SOURCE, prints the SHA-256 of what it sent, of what came back, and how many bytes came.
+TCP_HASH_CLIENT = r"""
+import hashlib, random, socket, sys
+data = random.Random(7).randbytes(int(sys.argv[1]))
+c = socket.create_connection((sys.argv[2], 5399), timeout=30, source_address=(sys.argv[3], 0))
+c.sendall(data); c.shutdown(socket.SHUT_WR)
+h, got = hashlib.sha256(), 0
+while chunk := c.recv(1 << 16):
+    h.update(chunk); got += len(chunk)
+print(hashlib.sha256(data).hexdigest(), h.hexdigest(), got, flush=True)
+"""
+
+
 def issue_certificate(subject, key, issuer, issuer_key, *, ca: bool, san=(), days=(-1, 30),
                       now=None):
     """An X.509 certificate for tests and benchmarks: `subject` / `issuer` (x509.Name), the

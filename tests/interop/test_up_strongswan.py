@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from ipsec_core.testing import TCP_HASH_CLIENT, TCP_HASH_SERVER
+
 from . import strongswan as ss
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -279,33 +281,6 @@ def test_tshark_decrypts_a_capture_of_the_demo(tmp_path):
     assert tshark("-Y", "_ws.malformed || _ws.expert.severity >= warning") == ""
 
 
-TCP_SERVER = r"""
-import hashlib, socket, sys
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((sys.argv[2], 5399)); srv.listen(1); print("ready", flush=True)
-conn, _ = srv.accept()
-h, left = hashlib.sha256(), int(sys.argv[1])
-while left:
-    chunk = conn.recv(min(left, 1 << 16))
-    if not chunk:
-        break
-    h.update(chunk); left -= len(chunk)
-conn.sendall(bytes(range(251)) * 8000); conn.shutdown(socket.SHUT_WR)
-print(h.hexdigest(), left, flush=True)
-"""
-
-TCP_CLIENT = r"""
-import hashlib, random, socket, sys
-data = random.Random(7).randbytes(int(sys.argv[1]))
-c = socket.create_connection((sys.argv[2], 5399), timeout=30, source_address=(sys.argv[3], 0))
-c.sendall(data); c.shutdown(socket.SHUT_WR)
-h, got = hashlib.sha256(), 0
-while chunk := c.recv(1 << 16):
-    h.update(chunk); got += len(chunk)
-print(hashlib.sha256(data).hexdigest(), h.hexdigest(), got, flush=True)
-"""
-
-
 @pytest.mark.parametrize("esp", ["aes128gcm16", "aes256-sha256"])
 def test_tcp_byte_exact_both_ways_with_strongswan(tmp_path, esp):
     """16 MB from `ipsec up` to charon and 2 MB back, hashed at both ends: our sending side cuts
@@ -323,10 +298,10 @@ def test_tcp_byte_exact_both_ways_with_strongswan(tmp_path, esp):
             up.wait_for(r"CHILD SA net installed")
             pair.b.wait_established(ike="net", child="net", timeout=10)
             size = 16 << 20
-            server = subprocess.Popen(["ip", "netns", "exec", b.netns, sys.executable, "-c", TCP_SERVER,
-                                       str(size), b.inner_ip], stdout=subprocess.PIPE, text=True)
+            server = subprocess.Popen(["ip", "netns", "exec", b.netns, sys.executable, "-c", TCP_HASH_SERVER,
+                                       str(size), b.inner_ip, "8000"], stdout=subprocess.PIPE, text=True)
             assert server.stdout.readline().strip() == "ready"
-            client = pair.net.exec(a, [sys.executable, "-c", TCP_CLIENT, str(size), b.inner_ip, a.inner_ip],
+            client = pair.net.exec(a, [sys.executable, "-c", TCP_HASH_CLIENT, str(size), b.inner_ip, a.inner_ip],
                                    check=False, timeout=120)
             assert client.returncode == 0, client.stderr + up.log[-3000:]
             sent_hash, reply_hash, reply_len = client.stdout.split()

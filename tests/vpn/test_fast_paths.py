@@ -13,6 +13,7 @@ import time
 import pytest
 
 from ipsec_core.dataplane.spd import PacketSelector
+from ipsec_core.testing import TCP_HASH_CLIENT, TCP_HASH_SERVER
 from ipsec_core.vpn.driver import _flow_key
 from ipsec_core.vpn.tun import (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
                                 VIRTIO_NET_HDR_GSO_TCPV6, VNET_HDR, coalesce_tcp)
@@ -127,34 +128,6 @@ def test_flow_key_only_where_the_selector_reads_nothing_else():
     assert _flow_key(v6_ext) is None
 
 
-SERVER = r"""
-import hashlib, socket, sys
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("203.0.113.1", 5399)); srv.listen(1); print("ready", flush=True)
-conn, _ = srv.accept()
-h, left = hashlib.sha256(), int(sys.argv[1])
-while left:
-    chunk = conn.recv(min(left, 1 << 16))
-    if not chunk:
-        break
-    h.update(chunk); left -= len(chunk)
-reply = bytes(range(251)) * 4000
-conn.sendall(reply); conn.shutdown(socket.SHUT_WR)
-print(h.hexdigest(), left, flush=True)
-"""
-
-CLIENT = r"""
-import hashlib, random, socket, sys
-data = random.Random(7).randbytes(int(sys.argv[1]))
-c = socket.create_connection(("203.0.113.1", 5399), timeout=20, source_address=("198.51.100.1", 0))
-c.sendall(data); c.shutdown(socket.SHUT_WR)
-h, got = hashlib.sha256(), 0
-while chunk := c.recv(1 << 16):
-    h.update(chunk); got += len(chunk)
-print(hashlib.sha256(data).hexdigest(), h.hexdigest(), got, flush=True)
-"""
-
-
 @pytest.mark.root
 def test_tcp_stream_through_the_fast_paths_is_byte_exact(netns_pair):
     """8 MB one way, 1 MB back, through two TUN drivers (the stand-in IKE, real ESP): the hashes
@@ -178,10 +151,12 @@ def test_tcp_stream_through_the_fast_paths_is_byte_exact(netns_pair):
             if a.call(lambda: bool(a.driver.children)) and b.call(lambda: bool(b.driver.children)):
                 break
             time.sleep(0.05)
-        server = subprocess.Popen(["ip", "netns", "exec", ns_b, sys.executable, "-c", SERVER, str(size)],
+        server = subprocess.Popen(["ip", "netns", "exec", ns_b, sys.executable, "-c", TCP_HASH_SERVER, str(size),
+                                   "203.0.113.1", "4000"],
                                   stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == "ready"
-        client = subprocess.run(["ip", "netns", "exec", ns_a, sys.executable, "-c", CLIENT, str(size)],
+        client = subprocess.run(["ip", "netns", "exec", ns_a, sys.executable, "-c", TCP_HASH_CLIENT, str(size),
+                                 "203.0.113.1", "198.51.100.1"],
                                 capture_output=True, text=True, timeout=60)
         assert client.returncode == 0, client.stderr
         sent_hash, reply_hash, reply_len = client.stdout.split()
